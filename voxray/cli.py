@@ -72,7 +72,7 @@ def add_options(
         if name in positional:
             parser.add_argument(dest, nargs="*", default=None, metavar=name.upper(), help=help_text)
         elif origin is list:
-            parser.add_argument(flag, dest=dest, nargs="+", default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, nargs="+", default=None, metavar=name.upper(), help=help_text)
         elif tp is bool:
             parser.add_argument(
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -82,7 +82,7 @@ def add_options(
             parser.add_argument(flag, dest=dest, choices=choices, default=None, help=help_text)
         else:
             conv = tp if tp in (int, float) else str
-            parser.add_argument(flag, dest=dest, type=conv, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, type=conv, default=None, metavar=name.upper(), help=help_text)
 
 
 def collect_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:

