@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from voxray.errors import VoxrayError
 
@@ -131,7 +131,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxray", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    parser.add_argument(
+        "-v", "--verbose", dest="_verbose", action="count", default=0, help="-v info, -vv debug logging"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
     run.add_argument("spec", help="YAML job spec")
@@ -155,13 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    level = logging.WARNING if args._verbose == 0 else logging.INFO if args._verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("voxray").setLevel(min(level, logging.INFO))
     try:
         return int(args._handler(args) or 0)
     except VoxrayError as exc:
         print(f"voxray: error: {exc.message}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # an option out of range or a typo in a YAML key
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        print("voxray: invalid options:\n" + "\n".join(lines), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("voxray: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -56,7 +56,7 @@ def plan_actors(options: ResourceOptions, cluster: dict[str, float] | None = Non
 
     With GPUs: ``gpus_per_actor`` (default 1) each, so a node with G GPUs runs G/gpus_per_actor
     actors (0.25 puts 4 small-model actors on a GPU). Without: one actor per ``cpus_per_actor``
-    CPUs, leaving headroom for the CPU decode tasks.
+    CPUs, leaving headroom for the CPU decode tasks; CPU actors run ``cpus / actors`` threads.
     """
     if cluster is None:
         import ray
@@ -73,5 +73,12 @@ def plan_actors(options: ResourceOptions, cluster: dict[str, float] | None = Non
         actors = max(1, int(gpus // gpa))
     else:
         actors = max(1, int((cpus - 1) // max(options.cpus_per_actor, 1.0)))
-    threads = options.threads_per_actor or max(1, round(options.cpus_per_actor))
+    if options.threads_per_actor:
+        threads = options.threads_per_actor
+    elif gpa > 0:
+        threads = max(1, round(options.cpus_per_actor))
+    else:
+        # CPU inference: the actors share the machine's cores between them (decode tasks are
+        # light next to the model), capped where intra-op scaling flattens out.
+        threads = max(1, min(8, int(cpus // actors)))
     return ActorPlan(actors=actors, num_cpus=options.cpus_per_actor, num_gpus=gpa, threads=threads)

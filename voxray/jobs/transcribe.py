@@ -1,6 +1,6 @@
 """``voxray transcribe``: a corpus of audio -> Parquet transcripts, on a Ray cluster.
 
-Pipeline: list inputs -> skip ids already written -> probe durations (CPU tasks) -> sort by
+Pipeline: list inputs -> skip ids already written -> probe durations (headers only) -> sort by
 length -> decode + resample (CPU tasks, never in model actors) -> ASR actors (GPU when present)
 -> Parquet shards -> ``run.json``. A row that fails carries an ``error``; the job goes on.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from voxray.config import ASROptions, TranscribeJob
-from voxray.jobs.audio_stages import decode_batch, probe_row, stats_actor_cls
+from voxray.jobs.audio_stages import decode_batch, sort_by_duration, stats_actor_cls
 from voxray.jobs.common import (
     RunReport,
     completed_ids,
@@ -133,11 +133,10 @@ def _run_pipeline(job: TranscribeJob, todo: list[dict[str, Any]], report: RunRep
             options["threads"] = plan.threads
         report.extra.update(actors=plan.actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus)
         stats = stats_actor_cls().remote()
-        blocks = max(1, min(len(todo) // 8 or 1, 512))
+        rows = [{"id": r["id"], "path": str(r["path"])} for r in sort_by_duration(todo)]
+        blocks = max(1, min(len(rows) // 8 or 1, 1024))
         ds = (
-            ray.data.from_items(todo, override_num_blocks=blocks)
-            .map(probe_row, num_cpus=job.decode_cpus)
-            .sort("probe_s")
+            ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(decode_batch, batch_size=8, num_cpus=job.decode_cpus)
             .map_batches(
                 TranscribeActor,

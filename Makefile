@@ -1,0 +1,39 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+# Each creates .venv (torch==2.13.0 CPU wheel first, so nothing pulls a multi-GB CUDA build),
+# installs voxray with its TTS and dev extras, then runs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.voxray-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[tts,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check voxray tests benchmarks scripts
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check voxray tests benchmarks scripts
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/asr_throughput.py --quick --json out/bench/asr_throughput.json
+
+clean:
+	rm -rf $(VENV) out demo-out .pytest_cache
