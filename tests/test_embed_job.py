@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from audio_fixtures import make_corpus
+
 from voxray.audio import decode_audio, write_audio
 from voxray.embed import Embedder, EmbedJob, EmbedOptions
 from voxray.embed.frames import read_frames

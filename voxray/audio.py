@@ -28,6 +28,7 @@ WRITE_FORMATS = {
     "flac": ("FLAC", "PCM_16"),
     "ogg": ("OGG", "VORBIS"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
 }
 
 
@@ -185,7 +186,7 @@ def probe(source: str | os.PathLike) -> AudioInfo | None:
 
 
 def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
-    """Encode float32 audio to bytes in ``fmt`` (wav, flac, ogg, mp3) with libsndfile."""
+    """Encode float32 audio to bytes in ``fmt`` (wav, flac, ogg, mp3, opus) with libsndfile."""
     import soundfile as sf
 
     fmt = fmt.lower()

@@ -24,7 +24,12 @@ logger = logging.getLogger("voxray.cli")
 
 # Modules exposing ``register(subparsers)``; imported lazily so a missing optional extra
 # (e.g. TTS without onnxruntime) only disables its own commands.
-COMMAND_MODULES = ["voxray.jobs.transcribe", "voxray.tts.commands", "voxray.embed.commands"]
+COMMAND_MODULES = [
+    "voxray.jobs.transcribe",
+    "voxray.tts.commands",
+    "voxray.embed.commands",
+    "voxray.deployments.commands",
+]
 
 
 def _unwrap_optional(tp: Any) -> Any:

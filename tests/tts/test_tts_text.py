@@ -42,7 +42,7 @@ def test_sentence_split_respects_abbreviations_initials_and_markup():
 
 def _random_text(n_chars: int, seed: int = 0) -> str:
     rng = random.Random(seed)
-    words = "alpha beta gamma delta epsilon kokoro voxray speech synthesis model token chunk".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "kokoro", "voxray", "speech", "model", "chunk"]
     out, sentence = [], []
     while sum(len(s) + 1 for s in out) < n_chars:
         sentence.append(rng.choice(words))

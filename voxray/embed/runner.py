@@ -279,11 +279,12 @@ class Embedder:
         Adds ``frames`` when ``options.frames``; keeps every other input column but ``audio``.
         """
         audios = list(batch["audio"])
-        prior = list(batch.get("error", [None] * len(audios)))
-        todo = [i for i, e in enumerate(prior) if not e]
+        # Ray Data hands an all-null ``error`` column over as float NaN: only strings are errors
+        prior = batch.get("error", [None] * len(audios))
+        errors: list[str | None] = [e if isinstance(e, str) and e else None for e in prior]
+        todo = [i for i, e in enumerate(errors) if e is None]
         embeddings: list[np.ndarray | None] = [None] * len(audios)
         frames: list[np.ndarray | None] = [None] * len(audios)
-        errors: list[str | None] = [e or None for e in prior]
         try:
             results = self.embed_arrays([audios[i] for i in todo])
         except Exception as exc:  # never lose the batch: every row gets the error
