@@ -20,12 +20,17 @@
 #                           resources), while torch/onnxruntime fall back to CPU inside them.
 #   VOXRAY_LOCAL_DASHBOARD  1 (default) starts the dashboard on the head: `ray job submit`, the
 #                           state API (ray list tasks/actors) and the web UI need it (~1 GiB); 0 saves it
+#   RAY_AUTH_MODE           token | disabled (default: token when ~/.ray/auth_token exists); every
+#                           node gets the same mode, clients must use it too
 #   RAY                     the ray CLI to use (default: `ray` next to python3 on PATH)
 #
 # Custom resources, one name per node so jobs and tests can pin or check placement:
 #   head       {"voxray_head": 1}
 #   worker 1   {"voxray_cpu_group": 1, "voxray_worker_1": 1}   like KubeRay's cpu-workers group
 #   worker 2   {"voxray_gpu_group": 1, "voxray_worker_2": 1}   like KubeRay's gpu-workers group
+# Ray registers every node under this machine's address (it rewrites 127.0.0.1 to it), so the
+# nodes talk to each other through the host's own interface; nothing leaves the machine. The
+# dashboard listens on 127.0.0.1 only.
 set -euo pipefail
 
 DIR="${VOXRAY_LOCAL_DIR:-/tmp/vxl-$(id -u)}"
@@ -89,9 +94,16 @@ wait_nodes() {
   local want=$1
   "$PYTHON" - "$ADDRESS" "$want" <<'EOF'
 import sys, time
-import ray._private.state  # noqa: F401  (imports fast; no driver is started)
-from ray._raylet import GcsClient
+from ray._raylet import GcsClient  # no driver is started: nothing registers with the cluster
 address, want = sys.argv[1], int(sys.argv[2])
+try:  # the same token-auth rules as `ray start` / `ray status` (RAY_AUTH_MODE, ~/.ray/auth_token)
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled, maybe_enable_token_auth_if_token_available,
+    )
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+except ImportError:
+    pass
 deadline = time.time() + 60
 n = 0
 while time.time() < deadline:
@@ -113,7 +125,6 @@ start_node() {
   local b=$((BASE + 200 * idx))
   local log="$DIR/$name.log"
   setsid "$RAY" start --block --disable-usage-stats --temp-dir="$DIR/ray" \
-    --node-ip-address=127.0.0.1 \
     --node-manager-port=$((b + 1)) --object-manager-port=$((b + 2)) \
     --metrics-export-port=$((b + 3)) --dashboard-agent-listen-port=$((b + 4)) \
     --dashboard-agent-grpc-port=$((b + 5)) --runtime-env-agent-port=$((b + 6)) \
@@ -129,12 +140,22 @@ cmd_start() {
   fi
   command -v "$RAY" >/dev/null || die "no '$RAY' on PATH: activate the venv (. .venv/bin/activate) or set RAY=..."
   mkdir -p "$DIR"
+  # Token auth: `ray start --head` turns it on by itself when a token exists, but a joining
+  # `ray start --address` does not, so decide once and give every node the same mode.
+  if [[ -z "${RAY_AUTH_MODE:-}" ]]; then
+    if [[ -n "${RAY_AUTH_TOKEN:-}" || -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]]; then
+      export RAY_AUTH_MODE=token
+    else
+      export RAY_AUTH_MODE=disabled
+    fi
+  fi
   BASE="${VOXRAY_LOCAL_PORT:-$(free_block)}"
   ADDRESS="127.0.0.1:$BASE"
   DASH_PORT=$((BASE + 8))
   {
     echo "BASE=$BASE"
     echo "ADDRESS=$ADDRESS"
+    echo "AUTH_MODE=$RAY_AUTH_MODE"
     [[ "$DASHBOARD" == 1 ]] && echo "DASHBOARD=http://127.0.0.1:$DASH_PORT"
   } >"$STATE"
   local dash=(--include-dashboard=false)
@@ -149,6 +170,7 @@ cmd_start() {
   wait_nodes 3 || { tail -n 30 "$DIR"/worker*.log >&2; cmd_stop >&2; die "the workers did not join"; }
   echo "Ray cluster up: head + 2 workers (state and logs in $DIR)"
   echo "RAY_ADDRESS=$ADDRESS"
+  echo "RAY_AUTH_MODE=$RAY_AUTH_MODE   (clients: export the same)"
   [[ "$DASHBOARD" == 1 ]] && echo "DASHBOARD=http://127.0.0.1:$DASH_PORT   (ray job submit --address http://127.0.0.1:$DASH_PORT -- voxray run jobs/X.yaml)"
   echo "use it: RAY_ADDRESS=$ADDRESS voxray run jobs/transcribe.yaml   (or ray.init(address=\"$ADDRESS\"))"
 }
@@ -195,7 +217,7 @@ cmd_status() {
   done <"$STATE"
   echo "RAY_ADDRESS=$ADDRESS"
   [[ -n "${DASHBOARD:-}" ]] && echo "DASHBOARD=$DASHBOARD"
-  "$RAY" status --address="$ADDRESS" 2>/dev/null || true
+  RAY_AUTH_MODE="$AUTH_MODE" "$RAY" status --address="$ADDRESS" 2>/dev/null || true
   [[ $up == "$n" ]]
 }
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -24,19 +23,7 @@ import pyarrow as pa
 
 from voxray.embed.config import EmbeddingLayout, EmbedJob, EmbedOptions, embedding_layout
 from voxray.errors import InputError
-from voxray.jobs.audio_stages import decode_batch, sort_by_duration, stats_actor_cls
-from voxray.jobs.common import (
-    RunReport,
-    completed_ids,
-    ensure_dir,
-    expand_inputs,
-    list_shards,
-    now_iso,
-    read_results,
-    read_shards,
-    summarize,
-    write_report,
-)
+from voxray.jobs.audio_stages import counter_deltas, run_audio_job
 
 logger = logging.getLogger("voxray.embed")
 
@@ -95,10 +82,7 @@ class EmbedActor:
         before = (s.frames, s.padded_frames, s.forward_passes)
         out = self.embedder(batch)
         if self.stats is not None:
-            self.stats.add.remote(
-                frames=s.frames - before[0], padded_frames=s.padded_frames - before[1],
-                forward_passes=s.forward_passes - before[2],
-            )
+            self.stats.add.remote(**counter_deltas(s, before))
         n = len(out["id"])
         files: list[str | None] = [None] * n
         offsets: list[int | None] = [None] * n
@@ -175,80 +159,17 @@ def _check_or_write_meta(out: str, options: EmbedOptions, layout: EmbeddingLayou
 
 def run_embed(job: EmbedJob) -> dict[str, Any]:
     """Run the job to completion and return the ``run.json`` report as a dict."""
-    t0 = time.perf_counter()
-    report = RunReport(job="embed", out=job.out, started_at=now_iso())
-    ensure_dir(job.out)
-    rows = expand_inputs(job.inputs)
-    done = completed_ids(job.out)
-    pending = [r for r in rows if r["id"] not in done]
-    todo = pending[: job.limit] if job.limit else pending
-    report.inputs = len(rows)
-    report.skipped_already_done = len(rows) - len(pending)
-    logger.info("%d inputs, %d already done, %d to embed", len(rows), report.skipped_already_done, len(todo))
-    before = set(list_shards(job.out))
-    counters: dict[str, float] = {}
-    layout = None
-    if todo:
+    extra: dict[str, Any] = {
+        "model": job.embed.model, "layer": job.embed.layer_label, "pooling": job.embed.pooling, "dim": None,
+    }
+
+    def prepare() -> dict[str, Any]:
         layout = plan_layout(job.embed)
         _check_or_write_meta(job.out, job.embed, layout)
-        counters = _run_pipeline(job, todo, layout, report)
-    report.wall_s = time.perf_counter() - t0
-    new_shards = [s for s in list_shards(job.out) if s not in before]
-    summarize(report, read_shards(new_shards, ["duration_s", "error"]), read_results(job.out, ["error"]))
-    frames = counters.get("frames", 0)
-    report.extra.update(
-        model=job.embed.model,
-        layer=job.embed.layer_label,
-        pooling=job.embed.pooling,
-        dim=layout.dim if layout else None,
-        padding_waste=(counters.get("padded_frames", 0) / frames) if frames else 0.0,
-        frames=frames,
-        padded_frames=counters.get("padded_frames", 0),
-        forward_passes=counters.get("forward_passes", 0),
-    )
-    write_report(job.out, report)
-    return report.to_dict()
+        extra["dim"] = layout.dim  # reported in run.json (read after prepare runs)
+        return {"out": job.out, "dim": layout.dim}
 
-
-def _run_pipeline(
-    job: EmbedJob, todo: list[dict[str, Any]], layout: EmbeddingLayout, report: RunReport
-) -> dict[str, float]:
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from voxray.cluster import init_ray, plan_actors
-
-    started = init_ray(job.ray)
-    try:
-        DataContext.get_current().enable_progress_bars = job.progress
-        plan = plan_actors(job.resources)
-        options = job.embed.model_dump()
-        if options.get("threads") is None and not plan.uses_gpu:
-            options["threads"] = plan.threads
-        report.extra.update(actors=plan.actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus)
-        stats = stats_actor_cls().remote()
-        # sorted by header duration in the driver: similar lengths meet in a batch (less padding)
-        rows = [{"id": r["id"], "path": str(r["path"])} for r in sort_by_duration(todo)]
-        ds = (
-            ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 8 or 1, 1024)))
-            .map_batches(decode_batch, batch_size=8, num_cpus=job.decode_cpus)
-            .map_batches(
-                EmbedActor,
-                fn_constructor_kwargs={"options": options, "out": job.out, "dim": layout.dim, "stats": stats},
-                compute=ActorPoolStrategy(size=plan.actors),
-                batch_size=job.resources.rows_per_call,
-                num_cpus=plan.num_cpus,
-                num_gpus=plan.num_gpus,
-                batch_format="numpy",
-            )
-        )
-        ds.write_parquet(job.out)
-        totals = ray.get(stats.get.remote())
-        ray.kill(stats)
-        return totals
-    finally:
-        if started:
-            ray.shutdown()
+    return run_audio_job(job, "embed", job.embed, EmbedActor, prepare, extra)
 
 
 # ---------------------------------------------------------------- CLI

@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from voxray.config import ASROptions, TranscribeJob
-from voxray.jobs.audio_stages import decode_batch, sort_by_duration, stats_actor_cls
-from voxray.jobs.common import (
-    RunReport,
-    completed_ids,
-    ensure_dir,
-    expand_inputs,
-    list_shards,
-    now_iso,
-    read_results,
-    read_shards,
-    summarize,
-    write_report,
-)
+from voxray.jobs.audio_stages import counter_deltas, run_audio_job
 
 logger = logging.getLogger("voxray.jobs.transcribe")
 
@@ -61,10 +48,7 @@ class TranscribeActor:
         before = (s.frames, s.padded_frames, s.forward_passes)
         out = self.runner(batch)
         if self.stats is not None:
-            self.stats.add.remote(
-                frames=s.frames - before[0], padded_frames=s.padded_frames - before[1],
-                forward_passes=s.forward_passes - before[2],
-            )
+            self.stats.add.remote(**counter_deltas(s, before))
         durations = [None if d is None or np.isnan(d) else float(d) for d in out["duration_s"]]
         return pa.table(
             {
@@ -83,78 +67,14 @@ class TranscribeActor:
 # ---------------------------------------------------------------- driver
 def run_transcribe(job: TranscribeJob) -> dict[str, Any]:
     """Run the job to completion and return the ``run.json`` report as a dict."""
-    t0 = time.perf_counter()
-    report = RunReport(job="transcribe", out=job.out, started_at=now_iso())
-    ensure_dir(job.out)
-    rows = expand_inputs(job.inputs)
-    done = completed_ids(job.out)
-    todo = [r for r in rows if r["id"] not in done]
-    if job.limit:
-        todo = todo[: job.limit]
-    report.inputs = len(rows)
-    report.skipped_already_done = len(rows) - len([r for r in rows if r["id"] not in done])
-    logger.info("%d inputs, %d already done, %d to transcribe", len(rows), report.skipped_already_done, len(todo))
-    before = set(list_shards(job.out))
-    stats: dict[str, float] = {}
-    if todo:
+
+    def prepare() -> dict[str, Any]:
         from voxray.models import resolve_hf_model
 
-
         resolve_hf_model(job.asr.model, job.asr.revision)  # fail fast, with the fix-it message
-        stats = _run_pipeline(job, todo, report)
-    report.wall_s = time.perf_counter() - t0
-    new_shards = [s for s in list_shards(job.out) if s not in before]
-    summarize(report, read_shards(new_shards, ["duration_s", "error"]), read_results(job.out, ["error"]))
-    frames = stats.get("frames", 0)
-    report.extra.update(
-        model=job.asr.model,
-        padding_waste=(stats.get("padded_frames", 0) / frames) if frames else 0.0,
-        frames=frames,
-        padded_frames=stats.get("padded_frames", 0),
-        forward_passes=stats.get("forward_passes", 0),
-    )
-    write_report(job.out, report)
-    return report.to_dict()
+        return {}
 
-
-def _run_pipeline(job: TranscribeJob, todo: list[dict[str, Any]], report: RunReport) -> dict[str, float]:
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from voxray.cluster import init_ray, plan_actors
-
-    started = init_ray(job.ray)
-    try:
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = job.progress
-        plan = plan_actors(job.resources)
-        options = job.asr.model_dump()
-        if options.get("threads") is None and not plan.uses_gpu:
-            options["threads"] = plan.threads
-        report.extra.update(actors=plan.actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus)
-        stats = stats_actor_cls().remote()
-        rows = [{"id": r["id"], "path": str(r["path"])} for r in sort_by_duration(todo)]
-        blocks = max(1, min(len(rows) // 8 or 1, 1024))
-        ds = (
-            ray.data.from_items(rows, override_num_blocks=blocks)
-            .map_batches(decode_batch, batch_size=8, num_cpus=job.decode_cpus)
-            .map_batches(
-                TranscribeActor,
-                fn_constructor_kwargs={"options": options, "stats": stats},
-                compute=ActorPoolStrategy(size=plan.actors),
-                batch_size=job.resources.rows_per_call,
-                num_cpus=plan.num_cpus,
-                num_gpus=plan.num_gpus,
-                batch_format="numpy",
-            )
-        )
-        ds.write_parquet(job.out)
-        totals = ray.get(stats.get.remote())
-        ray.kill(stats)
-        return totals
-    finally:
-        if started:
-            ray.shutdown()
+    return run_audio_job(job, "transcribe", job.asr, TranscribeActor, prepare, {"model": job.asr.model})
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,0 +1,1 @@
+"""Synthetic Korean speech corpora (espeak-ng) for training and testing the CTC pipeline."""
