@@ -12,13 +12,13 @@ actors, decoding in CPU tasks. Decoding is outside (a) and (b) (arrays in memory
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+from _bench import finish
 
 
 def make_corpus(root: str, total_s: float, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:
@@ -124,16 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"{name:<16}{r['wall_s']:>9.1f}{r['audio_s_per_s']:>11.2f}{r['padding_waste']:>9.3f}"
               f"{r['audio_s_per_s'] / base:>8.2f}")
-    print("\nratios:", json.dumps(ratios))
     payload = {
         "benchmark": "asr_throughput", "quick": args.quick, "files": len(paths), "audio_s": audio_s,
         "model": args.size, "threads": threads, "hf_batch_size": args.batch_size,
         "batch_seconds": args.batch_seconds, "results": results, "ratios": ratios,
     }
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+    finish(payload, args.json)
     return 0
 
 

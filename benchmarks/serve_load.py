@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import os
 import socket
 import statistics
@@ -24,6 +23,7 @@ import time
 
 import httpx
 import numpy as np
+from _bench import finish
 
 
 def _free_port() -> int:
@@ -200,17 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['p50_s']:>8.2f}{r['p95_s']:>8.2f}{r['p99_s']:>8.2f}")
     print(f"\nautoscaling: 1 -> {peak} replicas under load (max {max_rep}), {final} after idle; "
           f"load ended at {load_end:.0f} s")
-    print("ratios:", json.dumps(ratios))
     payload = {
         "benchmark": "serve_load", "quick": args.quick, "asr_model_size": args.size, "cpus": cpus,
         "results": results, "autoscaling": {"max_replicas": max_rep, "peak": peak, "final": final,
                                             "load_end_s": load_end, "requests_sent": sent, "timeline": timeline},
         "ratios": ratios,
     }
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+    finish(payload, args.json)
     return 0
 
 

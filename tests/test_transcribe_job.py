@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from audio_fixtures import make_corpus
+
 from voxray.asr import ASRRunner
 from voxray.audio import decode_audio
 from voxray.config import ASROptions, TranscribeJob

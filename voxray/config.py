@@ -45,7 +45,9 @@ class ResourceOptions(Options):
         None, ge=0, description="GPUs per model actor (default: 1 when the cluster has GPUs, else 0)"
     )
     threads_per_actor: int | None = Field(
-        None, ge=1, description="torch/onnxruntime threads per actor (default: GPU actors their CPUs; CPU actors share all cores)"
+        None,
+        ge=1,
+        description="torch/onnxruntime threads per actor (default: GPU actors their CPUs; CPU actors share all cores)",
     )
     rows_per_call: int = Field(64, ge=1, description="rows handed to a model actor per call")
 

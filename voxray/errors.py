@@ -90,3 +90,19 @@ def error_kind(error: str | None) -> str | None:
     if not error:
         return None
     return error.split(":", 1)[0].strip() or "internal"
+
+
+def from_row_error(error: str) -> VoxrayError:
+    """Rebuild a typed error from a row's ``kind: message`` string (inverse of :func:`row_error`),
+    so a per-item error inside a batch still maps to the right HTTP status."""
+    kind, _, message = error.partition(": ")
+    classes = {cls.kind: cls for cls in _all_subclasses(VoxrayError)}
+    cls = classes.get(kind, VoxrayError)
+    return cls(message or kind)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_all_subclasses(sub)]
+    return out

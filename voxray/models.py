@@ -71,3 +71,17 @@ def describe_models() -> dict[str, Any]:
     else:
         info["tts"] = describe_tts()
     return info
+
+
+def load_pretrained(auto_cls: Any, path: str, name: str, expected: str) -> Any:
+    """``auto_cls.from_pretrained(path)`` with SDPA attention where the architecture has it.
+
+    Load failures become :class:`ModelUnavailableError` naming the model and what was expected.
+    """
+    try:
+        try:
+            return auto_cls.from_pretrained(path, attn_implementation="sdpa")
+        except (ValueError, ImportError):  # an architecture without SDPA support
+            return auto_cls.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelUnavailableError(f"cannot load {name} from {path}: {exc}. Expected {expected}") from exc

@@ -25,7 +25,7 @@ from voxray.encoder import (  # re-exported: part of this module's public API
     resolve_dtype,
 )
 from voxray.errors import ModelUnavailableError, VoxrayError, row_error
-from voxray.models import resolve_hf_model
+from voxray.models import load_pretrained, resolve_hf_model
 
 logger = logging.getLogger("voxray.asr")
 
@@ -82,19 +82,14 @@ class ASRRunner:
         from transformers import AutoModelForCTC, AutoProcessor
 
         path = resolve_hf_model(name, revision)
+        expected = (
+            "a Wav2Vec2ForCTC-style directory with config.json, weights, vocab.json and preprocessor_config.json"
+        )
+        model = load_pretrained(AutoModelForCTC, path, name, expected)
         try:
             processor = AutoProcessor.from_pretrained(path)
-            kwargs: dict[str, Any] = {}
-            try:
-                model = AutoModelForCTC.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-            except (ValueError, ImportError):  # an architecture without SDPA support
-                model = AutoModelForCTC.from_pretrained(path, **kwargs)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelUnavailableError(
-                f"cannot load a CTC model + processor from {path} ({name}): {exc}. Expected a "
-                f"Wav2Vec2ForCTC-style directory with config.json, weights, vocab.json and "
-                f"preprocessor_config.json"
-            ) from exc
+            raise ModelUnavailableError(f"cannot load the processor of {name} from {path}: {exc}") from exc
         return model, processor
 
     @property

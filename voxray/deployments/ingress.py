@@ -35,6 +35,7 @@ from voxray.errors import (
     OverloadedError,
     PayloadTooLargeError,
     VoxrayError,
+    from_row_error,
 )
 
 logger = logging.getLogger("voxray.deployments")
@@ -216,8 +217,7 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             want_words = response_format in ("verbose_json", "srt", "vtt")
             result = await ingress.asr.transcribe.remote(audio, "word" if want_words else "none")
             if result["error"]:
-                kind, _, message = result["error"].partition(": ")
-                raise InputError(message or kind)
+                raise from_row_error(result["error"])
         except Exception as exc:
             return error_response(exc, opts.retry_after_s)
         ingress.metrics.audio.labels("/v1/audio/transcriptions").inc(result["duration_s"])
@@ -248,8 +248,7 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             audio = await decode_upload(await read_upload(request, file), file.filename or "upload")
             result = await ingress.embed.embed.remote(audio)
             if result["error"]:
-                kind, _, message = result["error"].partition(": ")
-                raise InputError(message or kind)
+                raise from_row_error(result["error"])
         except Exception as exc:
             return error_response(exc, opts.retry_after_s)
         ingress.metrics.audio.labels("/v1/audio/embeddings").inc(result["duration_s"])

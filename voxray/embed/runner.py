@@ -27,7 +27,7 @@ import numpy as np
 from voxray.embed.config import EmbeddingLayout, EmbedOptions, embedding_layout
 from voxray.encoder import SAMPLE_RATE, EncoderCore, PaddingStats
 from voxray.errors import InputError, ModelUnavailableError, VoxrayError, row_error
-from voxray.models import resolve_hf_model
+from voxray.models import load_pretrained, resolve_hf_model
 
 logger = logging.getLogger("voxray.embed")
 
@@ -129,16 +129,11 @@ class Embedder:
         from transformers import AutoFeatureExtractor, AutoModel
 
         path = resolve_hf_model(name, revision)
-        try:
-            try:
-                model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
-            except (ValueError, ImportError):  # an architecture without SDPA support
-                model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelUnavailableError(
-                f"cannot load an encoder from {path} ({name}): {exc}. Expected a wav2vec2-family "
-                f"directory (config.json + weights), e.g. a Wav2Vec2/HuBERT checkpoint with or without a CTC head"
-            ) from exc
+        expected = (
+            "a wav2vec2-family directory (config.json + weights), e.g. a Wav2Vec2/HuBERT checkpoint "
+            "with or without a CTC head"
+        )
+        model = load_pretrained(AutoModel, path, name, expected)
         try:
             fe = AutoFeatureExtractor.from_pretrained(path)
         except (OSError, ValueError):
