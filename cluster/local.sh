@@ -90,12 +90,12 @@ EOF
 }
 
 wait_nodes() {
-  # Wait until the head sees `want` alive nodes (up to 60 s).
-  local want=$1
-  "$PYTHON" - "$ADDRESS" "$want" <<'EOF'
-import sys, time
+  # Wait until the head sees `want` alive nodes (up to 90 s), or the `ray start` PID exits.
+  local want=$1 pid=$2
+  "$PYTHON" - "$ADDRESS" "$want" "$pid" <<'EOF'
+import os, sys, time
 from ray._raylet import GcsClient  # no driver is started: nothing registers with the cluster
-address, want = sys.argv[1], int(sys.argv[2])
+address, want, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 try:  # the same token-auth rules as `ray start` / `ray status` (RAY_AUTH_MODE, ~/.ray/auth_token)
     from ray._private.authentication.authentication_token_setup import (
         ensure_token_if_auth_enabled, maybe_enable_token_auth_if_token_available,
@@ -104,9 +104,13 @@ try:  # the same token-auth rules as `ray start` / `ray status` (RAY_AUTH_MODE, 
     ensure_token_if_auth_enabled(None, create_token_if_missing=False)
 except ImportError:
     pass
-deadline = time.time() + 60
+deadline = time.time() + 90
 n = 0
 while time.time() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(f"ray start (pid {pid}) exited: see its log")
     try:
         nodes = GcsClient(address=address).get_all_node_info(timeout=5)
         n = sum(1 for info in nodes.values() if info.state == 0)  # ALIVE
@@ -115,7 +119,7 @@ while time.time() < deadline:
     except Exception:
         pass
     time.sleep(0.5)
-sys.exit(f"only {n} of {want} nodes came up in 60 s")
+sys.exit(f"only {n} of {want} nodes came up in 90 s")
 EOF
 }
 
@@ -129,8 +133,26 @@ start_node() {
     --metrics-export-port=$((b + 3)) --dashboard-agent-listen-port=$((b + 4)) \
     --dashboard-agent-grpc-port=$((b + 5)) --runtime-env-agent-port=$((b + 6)) \
     --min-worker-port=$((b + 100)) --max-worker-port=$((b + 199)) \
-    "$@" >"$log" 2>&1 </dev/null &
-  echo "PID_${name^^}=$!" >>"$STATE"
+    "$@" >>"$log" 2>&1 </dev/null &
+  LAST_PID=$!
+  echo "PID_${name^^}=$LAST_PID" >>"$STATE"
+}
+
+start_worker() {
+  # start_worker NAME INDEX WANT ARGS...: start one worker and wait until the cluster has WANT
+  # nodes. One at a time, with one retry: on a loaded machine a raylet can miss Ray's fixed 30 s
+  # registration window, and starting workers together makes that likelier.
+  local name=$1 idx=$2 want=$3; shift 3
+  for attempt in 1 2; do
+    start_node "$name" "$idx" "$@"
+    if wait_nodes "$want" "$LAST_PID"; then return 0; fi
+    kill -TERM -- "-$LAST_PID" 2>/dev/null || true
+    sleep 2
+    kill -KILL -- "-$LAST_PID" 2>/dev/null || true
+    sed -i "/=$LAST_PID\$/d" "$STATE"
+    [[ $attempt == 1 ]] && echo "cluster/local.sh: $name did not join; retrying once" >&2
+  done
+  return 1
 }
 
 cmd_start() {
@@ -140,6 +162,7 @@ cmd_start() {
   fi
   command -v "$RAY" >/dev/null || die "no '$RAY' on PATH: activate the venv (. .venv/bin/activate) or set RAY=..."
   mkdir -p "$DIR"
+  rm -f "$DIR"/*.log
   # Token auth: `ray start --head` turns it on by itself when a token exists, but a joining
   # `ray start --address` does not, so decide once and give every node the same mode.
   if [[ -z "${RAY_AUTH_MODE:-}" ]]; then
@@ -162,12 +185,13 @@ cmd_start() {
   [[ "$DASHBOARD" == 1 ]] && dash=(--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT")
   start_node head 0 --head --port="$BASE" --ray-client-server-port=$((BASE + 7)) "${dash[@]}" \
     --num-cpus="$HEAD_CPUS" --num-gpus=0 --resources='{"voxray_head": 1}'
-  wait_nodes 1 || { tail -n 30 "$DIR/head.log" >&2; cmd_stop >&2; die "the head did not start"; }
-  start_node worker1 1 --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus=0 \
-    --resources='{"voxray_cpu_group": 1, "voxray_worker_1": 1}'
-  start_node worker2 2 --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus="$GPUS" \
-    --resources='{"voxray_gpu_group": 1, "voxray_worker_2": 1}'
-  wait_nodes 3 || { tail -n 30 "$DIR"/worker*.log >&2; cmd_stop >&2; die "the workers did not join"; }
+  wait_nodes 1 "$LAST_PID" || { tail -n 30 "$DIR/head.log" >&2; cmd_stop >&2; die "the head did not start"; }
+  start_worker worker1 1 2 --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus=0 \
+    --resources='{"voxray_cpu_group": 1, "voxray_worker_1": 1}' \
+    || { tail -n 30 "$DIR/worker1.log" >&2; cmd_stop >&2; die "worker 1 did not join"; }
+  start_worker worker2 2 3 --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus="$GPUS" \
+    --resources='{"voxray_gpu_group": 1, "voxray_worker_2": 1}' \
+    || { tail -n 30 "$DIR/worker2.log" >&2; cmd_stop >&2; die "worker 2 did not join"; }
   echo "Ray cluster up: head + 2 workers (state and logs in $DIR)"
   echo "RAY_ADDRESS=$ADDRESS"
   echo "RAY_AUTH_MODE=$RAY_AUTH_MODE   (clients: export the same)"

@@ -1,6 +1,6 @@
 """Make the synthetic Korean corpus for ``make train-demo-model`` (espeak-ng voices, 16 kHz FLAC).
 
-    python scripts/make_ko_synthetic.py --out data/ko-synthetic --train 10000
+    python scripts/make_ko_synthetic.py --out out/ko-synthetic-data --train 10000
 """
 
 from __future__ import annotations

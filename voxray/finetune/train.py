@@ -195,6 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from voxray.finetune.model import apply_freeze, build_model, save_hf
 
     job = FinetuneJob(**config["job"])
+    _worker_logging()
     vocab: dict[str, int] = config["vocab"]
     kind: VocabKind = config["kind"]
     ctx = ray.train.get_context()
@@ -278,7 +279,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if rank == 0 and step % job.log_every == 0:
-            logger.info("step %d loss %.4f lr %.2e", step, loss_sum / max(1, loss_n), scheduler.get_last_lr()[0])
+            lr = scheduler.get_last_lr()[0]
+            logger.info("step %d loss %.4f lr %.2e", step, loss_sum / max(1, loss_n), lr)
+            elapsed = float(state["train_wall_s"]) + time.perf_counter() - t_interval
+            record = {"step": step, "loss": loss_sum / max(1, loss_n), "lr": lr, "train_wall_s": elapsed}
+            _progress(config["log_path"], record)
         if step % job.eval_every == 0 or step == job.max_steps:
             train_s = time.perf_counter() - t_interval
             sums = _all_reduce(np.array([loss_sum, loss_n, audio_s]))
@@ -303,6 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["examples"] = [{"ref": r, "hyp": h} for r, h, _ in pairs[:8]]
             metrics = {k: point[k] for k in ("step", "train_loss", "cer", "wer", "lr", "audio_hours")}
             if rank == 0:
+                _progress(config["log_path"], {"eval": True, **point})
                 logger.info(
                     "step %d eval CER %.4f WER %.4f (loss %.4f)", step, result.cer, result.wer, point["train_loss"]
                 )
@@ -319,6 +325,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"step-{step:07d}")
             loss_sum, loss_n, audio_s, t_interval = 0.0, 0, 0.0, time.perf_counter()
+
+
+def _worker_logging() -> None:
+    """Ray workers start with unconfigured logging: show voxray's INFO lines in the worker logs."""
+    root = logging.getLogger("voxray")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _progress(path: str | None, record: dict[str, Any]) -> None:
+    """Append a JSON line to OUT/train_log.jsonl (best effort: only where OUT is reachable)."""
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), **record}, ensure_ascii=False) + "\n")
+    except OSError:
+        pass
 
 
 def _gather_stream_states(mine: dict[str, int], world: int) -> list[dict[str, int]]:
@@ -405,6 +432,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
                 "job": job.model_dump(), "vocab": vocab, "kind": kind, "base_path": base_path,
                 "keep_head": keep_head, "train_rows": train_rows, "eval_rows": eval_rows,
                 "set_names": [set_name(m) for m in job.eval], "threads": threads,
+                "log_path": os.path.join(out, "train_log.jsonl"),
             },
             scaling_config=ScalingConfig(
                 num_workers=job.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}

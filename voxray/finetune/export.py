@@ -1,0 +1,89 @@
+"""Copy a fine-tuning run's best model (HF files only) into a shippable dir with a model card.
+
+    python -m voxray.finetune.export out/ko-synthetic-ctc models/ko-synthetic-ctc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+MODEL_FILES = (
+    "config.json", "model.safetensors", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "preprocessor_config.json", "processor_config.json", "finetune.json",
+)
+
+CARD = """# {name}
+
+A small Korean CTC speech recogniser (wav2vec2 architecture, {params:,} parameters, jamo output
+recomposed to Hangul syllables) trained from scratch by `voxray finetune` on **synthetic speech
+only**: Korean sentences built from the word list `voxray/data/ko_words.txt`, spoken by espeak-ng
+`ko` voice variants (speed 130-190, pitch 30-70), resampled to 16 kHz.
+
+**For demos and tests, not for real Korean speech.** It has never heard a human voice, and its
+vocabulary is closed: sentences with words outside the list score much worse. It was not
+trained on Kokoro speech.
+
+## Measured (this run, greedy CTC decoding, jiwer)
+
+| eval set | CER | WER |
+|---|---|---|
+{rows}
+
+Best checkpoint: step {best_step} of {steps}; {train_utts:,} training utterances ({train_hours:.1f} h);
+{audio_hours:.1f} audio hours seen in {train_min:.0f} minutes of training on {workers} CPU worker(s)
+({ahph:.1f} audio hours per wall hour), precision {precision}.
+
+`eval` = new sentences from the training voices; `heldout` = new sentences from the held-out voices
+`ko+f3` and `ko+m4`.
+
+## Reproduce
+
+    make train-demo-model
+
+(`python scripts/make_ko_synthetic.py --out out/ko-synthetic-data`, then `voxray run jobs/finetune.yaml`,
+then `python -m voxray.finetune.export out/ko-synthetic-ctc models/ko-synthetic-ctc`.)
+
+## Use
+
+    voxray transcribe --model models/ko-synthetic-ctc --out out/tr clip.wav
+
+License: Apache-2.0 (weights trained by this project; espeak-ng output used as training data).
+"""
+
+
+def export(src: str, dest: str) -> str:
+    """Copy the model files and write README.md from ``finetune.json``; returns ``dest``."""
+    os.makedirs(dest, exist_ok=True)
+    for name in MODEL_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dest, name))
+    with open(os.path.join(src, "finetune.json"), encoding="utf-8") as fh:
+        rep = json.load(fh)
+    rows = [f"| all | {rep['best_cer']:.2%} | {rep['best_wer']:.2%} |"]
+    rows += [f"| {k} | {v['cer']:.2%} | {v['wer']:.2%} |" for k, v in rep["best_by_set"].items()]
+    card = CARD.format(
+        name=os.path.basename(os.path.normpath(dest)), params=rep["parameters"], rows="\n".join(rows),
+        best_step=rep["best_step"], steps=rep["steps"], train_utts=rep["train_utterances"],
+        train_hours=rep["train_hours"], audio_hours=rep["audio_hours_seen"], train_min=rep["train_wall_s"] / 60,
+        workers=rep["num_workers"], ahph=rep["audio_hours_per_wall_hour"], precision=rep["precision"],
+    )
+    with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write(card)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src", help="the --out dir of a finished `voxray finetune` run")
+    ap.add_argument("dest", help="where the shippable model goes (e.g. models/ko-synthetic-ctc)")
+    args = ap.parse_args(argv)
+    print(export(args.src, args.dest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
