@@ -52,8 +52,8 @@ def _job(corpus, out, max_steps):
 
     train, eval_ = corpus
     return FinetuneJob(
-        train=[train], eval=[eval_], from_config="small", out=out, lr=3e-3, warmup_steps=20,
-        max_steps=max_steps, eval_every=max_steps, log_every=25, batch_seconds=6.0, precision="fp32",
+        train=[train], eval=[eval_], from_config="small", out=out, lr=3e-3, warmup_steps=30,
+        max_steps=max_steps, eval_every=max_steps, log_every=50, batch_seconds=6.0, precision="fp32",
         spec_augment={"mask_time_prob": 0.0}, seed=0,
     )
 
@@ -62,19 +62,19 @@ def test_finetune_learns_resumes_and_exports(ray_cluster, corpus, tmp_path):
     from voxray.finetune.train import run_finetune
 
     out = str(tmp_path / "model")
-    first = run_finetune(_job(corpus, out, 100))
-    assert first["steps"] == 100 and first["resumed_from_step"] == 0
+    first = run_finetune(_job(corpus, out, 150))
+    assert first["steps"] == 150 and first["resumed_from_step"] == 0
     assert first["vocab"] == "jamo" and first["train_utterances"] == 40
 
-    second = run_finetune(_job(corpus, out, 260))  # same out: continues from step 100
-    assert second["resumed_from_step"] == 100 and second["steps"] == 260
+    second = run_finetune(_job(corpus, out, 500))  # same out: continues from step 150
+    assert second["resumed_from_step"] == 150 and second["steps"] == 500
     curve = second["curve"]
-    assert [p["step"] for p in curve] == [100, 260]
+    assert [p["step"] for p in curve] == [150, 500]
     assert curve[1]["audio_hours"] > curve[0]["audio_hours"]  # seen audio carried over the restart
     assert curve[1]["train_loss"] < 0.8 * curve[0]["train_loss"]
-    assert curve[1]["cer"] < curve[0]["cer"]
-    assert curve[1]["cer"] < 0.9
-    assert second["best_step"] == 260
+    assert curve[1]["cer"] < curve[0]["cer"], curve
+    assert curve[1]["cer"] < 0.5, curve
+    assert second["best_step"] == 500
     assert os.path.isdir(os.path.join(out, "checkpoints", "run"))
 
     # the exported dir is an ordinary HF model dir: voxray's runner loads it and scores the same

@@ -283,7 +283,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.info("step %d loss %.4f lr %.2e", step, loss_sum / max(1, loss_n), lr)
             elapsed = float(state["train_wall_s"]) + time.perf_counter() - t_interval
             record = {"step": step, "loss": loss_sum / max(1, loss_n), "lr": lr, "train_wall_s": elapsed}
-            _progress(config["log_path"], record)
+            _progress(config.get("log_path"), record)
         if step % job.eval_every == 0 or step == job.max_steps:
             train_s = time.perf_counter() - t_interval
             sums = _all_reduce(np.array([loss_sum, loss_n, audio_s]))
@@ -308,7 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["examples"] = [{"ref": r, "hyp": h} for r, h, _ in pairs[:8]]
             metrics = {k: point[k] for k in ("step", "train_loss", "cer", "wer", "lr", "audio_hours")}
             if rank == 0:
-                _progress(config["log_path"], {"eval": True, **point})
+                _progress(config.get("log_path"), {"eval": True, **point})
                 logger.info(
                     "step %d eval CER %.4f WER %.4f (loss %.4f)", step, result.cer, result.wer, point["train_loss"]
                 )

@@ -126,8 +126,8 @@ def dedupe_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         key = row["id"]
         if key in seen:
-            if seen[key] == row.get("path"):
-                continue
+            if row.get("path") is not None and seen[key] == row.get("path"):
+                continue  # the same file listed twice
             digest = hashlib.sha1(str(row.get("path")).encode()).hexdigest()[:8]
             row = {**row, "id": f"{key}-{digest}"}
         seen[row["id"]] = row.get("path")

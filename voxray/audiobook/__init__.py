@@ -1,0 +1,8 @@
+"""Audiobooks: a book (.txt/.md/.epub) -> chaptered audio, an .m4b, chapters.json and subtitles.srt.
+
+Importing this package loads nothing heavy; the Ray job lives in :mod:`voxray.jobs.audiobook`.
+"""
+
+from voxray.audiobook.config import AudiobookJob, AudiobookOptions, PauseOptions
+
+__all__ = ["AudiobookJob", "AudiobookOptions", "PauseOptions"]

@@ -1,0 +1,70 @@
+"""``voxray audiobook BOOK --out DIR [--voice V] [--lang L] [--speed S] [--format m4b|mp3|wav]``.
+
+Flags come from :class:`voxray.audiobook.config.AudiobookJob` (TTS, Ray and resource options
+flattened, pauses as ``--pause-paragraph`` etc.); ``--dry-run`` prints the chapter/chunk plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from voxray.errors import InputError
+
+
+def _cmd_audiobook(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from voxray.audiobook.config import AudiobookJob
+    from voxray.cli import collect_options, print_json
+    from voxray.tts.commands import _validation_message
+
+    opts = collect_options(args)
+    opts.pop("verbose", None)
+    dry_run = bool(opts.pop("dry_run", False))
+    if dry_run and "out" not in opts:
+        opts["out"] = "."
+    try:
+        job = AudiobookJob(**opts)
+    except ValidationError as exc:
+        raise InputError(_validation_message(exc)) from exc
+    if dry_run:
+        from voxray.audiobook.book import plan_chunks, read_book
+        from voxray.jobs.audiobook import describe
+
+        book = read_book(job.book, title=job.title, author=job.author)
+        print_json(describe(book, plan_chunks(book, job.chunk_chars)))
+        return 0
+    from voxray.jobs.audiobook import run_audiobook
+
+    report = run_audiobook(job)
+    extra = report["extra"]
+    summary = {k: extra.get(k) for k in ("title", "author", "characters", "chapters", "chunks", "duration_s",
+                                          "wall_s", "real_time_factor", "chars_per_s", "complete", "m4b")}
+    summary["errors"] = extra.get("failed_chunks", [])
+    print_json(summary)
+    if extra.get("complete"):
+        print(f"audiobook in {report['out']} ({len(extra.get('chapter_files', []))} chapter files; run.json there)")
+    else:
+        print(f"{extra['chunks_pending']} chunks still to synthesize: rerun the same command to finish")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from voxray.audiobook.config import AudiobookJob
+    from voxray.cli import add_options
+
+    p = subparsers.add_parser(
+        "audiobook",
+        help="turn a book (.txt/.md/.epub) into a chaptered audiobook with Kokoro (Ray Data job)",
+        description="Read BOOK, synthesize its chunks in parallel on Ray, and write per-chapter audio, an .m4b "
+        "with chapter markers, chapters.json, subtitles.srt and run.json into --out. Rerun to resume.",
+    )
+    p.add_argument("book", help=AudiobookJob.model_fields["book"].description)
+    add_options(p, AudiobookJob, skip=("job", "book", "inject_failures"), flatten=("tts", "ray", "resources"))
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                   help="print the chapters and chunk plan, synthesize nothing")
+    for action in p._actions:
+        if action.dest == "out":
+            action.required = False  # checked by the model (and not needed for --dry-run)
+    p.set_defaults(_handler=_cmd_audiobook)

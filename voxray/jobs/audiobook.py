@@ -1,0 +1,256 @@
+"""``voxray audiobook``: a book -> chaptered audio on Ray, resumable after a kill.
+
+Pipeline: read the book and plan its chunks once in the driver (whole sentences of one
+paragraph, ids ``chapter-position``) -> skip chunks already in ``OUT/chunks`` -> Ray Data
+streams the rest, in book order, through Kokoro actors (:class:`voxray.tts.TTSPipeline`, one
+model per actor) that write each chunk's audio as it completes -> the driver consumes only small
+status rows (progress bar with ETA) -> when every chunk is done or failed, the assembler streams
+chunk files into chapter files, ``chapters.json``, ``subtitles.srt`` and the .m4b -> ``run.json``.
+
+A chunk that raises is retried once in the actor; a second failure is written as
+``KEY.failed.json``, listed in ``run.json`` and replaced by silence. A rerun retries failed
+chunks and skips finished ones, so a killed job picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+from voxray.audiobook.book import Book, Chunk, plan_chunks, read_book, settings_fingerprint
+from voxray.audiobook.config import AudiobookJob
+from voxray.audiobook.store import ChunkStore, join
+from voxray.errors import InferenceError, row_error
+from voxray.jobs.common import RunReport, ensure_dir, now_iso, write_report
+from voxray.tts.config import SAMPLE_RATE, TTSOptions
+
+logger = logging.getLogger("voxray.audiobook")
+
+CHUNK_DIR = "chunks"
+
+
+def sentence_times(graphemes: str, start_s: float, duration_s: float) -> list[tuple[float, float, str]]:
+    """Split one model call's audio time over its sentences in proportion to their length.
+
+    The call boundary itself is exact (from the audio length); inside a call Kokoro gives no
+    alignment, and speech time tracks characters closely enough for subtitles.
+    """
+    from voxray.errors import TextError
+    from voxray.text import split_sentences
+
+    try:
+        sentences = split_sentences(graphemes)
+    except TextError:
+        sentences = [graphemes]
+    total = sum(len(s) for s in sentences) or 1
+    out, t = [], start_s
+    for s in sentences:
+        d = duration_s * len(s) / total
+        out.append((round(t, 4), round(t + d, 4), s))
+        t += d
+    return out
+
+
+# ---------------------------------------------------------------- model stage (Ray actors)
+class AudiobookActor:
+    """One :class:`TTSPipeline` per actor; synthesises a chunk, retries once, writes it to the store."""
+
+    def __init__(self, options: dict[str, Any], chunk_root: str, inject: dict[str, int] | None = None) -> None:
+        from voxray.tts.pipeline import TTSPipeline
+
+        self.pipeline = TTSPipeline(TTSOptions(**options))
+        self.store = ChunkStore(chunk_root)
+        self.inject = dict(inject or {})
+
+    def _synthesize(self, chunk_id: str, text: str, attempt: int) -> tuple[Any, list[tuple[float, float, str]]]:
+        import numpy as np
+
+        if attempt <= self.inject.get(chunk_id, 0):
+            raise InferenceError(f"injected failure of chunk {chunk_id} (attempt {attempt}; tests only)")
+        pieces, sentences, t = [], [], 0.0
+        for result in self.pipeline(text):
+            d = len(result.audio) / SAMPLE_RATE
+            sentences += sentence_times(result.graphemes, t, d)
+            pieces.append(result.audio)
+            t += d
+        if not pieces:
+            raise InferenceError(f"chunk {chunk_id} produced no audio")
+        return np.concatenate(pieces).astype(np.float32), sentences
+
+    def run_chunk(self, chunk_id: str, key: str, text: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        error: str | None = None
+        samples = 0
+        attempts = 0
+        for attempt in (1, 2):  # the first try and one retry
+            attempts = attempt
+            try:
+                audio, sentences = self._synthesize(chunk_id, text, attempt)
+                self.store.write_ok(key, audio, {"id": chunk_id, "samples": len(audio), "sentences": sentences,
+                                                 "attempts": attempt})
+                samples, error = len(audio), None
+                break
+            except Exception as exc:  # per chunk: recorded, never raised
+                error = row_error(exc)
+                logger.warning("chunk %s attempt %d failed: %s", chunk_id, attempt, error)
+        if error is not None:
+            self.store.write_failed(key, {"id": chunk_id, "error": error, "attempts": attempts, "text": text[:200]})
+        return {"id": chunk_id, "samples": samples, "chars": len(text), "error": error or "",
+                "attempts": attempts, "synth_s": time.perf_counter() - t0}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = [self.run_chunk(str(i), str(k), str(t)) for i, k, t in zip(batch["id"], batch["key"], batch["text"],
+                                                                          strict=True)]
+        return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
+
+
+# ---------------------------------------------------------------- driver
+def run_audiobook(job: AudiobookJob) -> dict[str, Any]:
+    """Run the job to completion (or to ``limit`` new chunks) and return ``run.json`` as a dict."""
+    from voxray.audiobook.assemble import assemble_book
+
+    t0 = time.perf_counter()
+    out = job.out if "://" in job.out else os.path.abspath(job.out)
+    ensure_dir(out)
+    report = RunReport(job="audiobook", out=out, started_at=now_iso())
+    book = read_book(job.book, title=job.title, author=job.author)
+    chunks = plan_chunks(book, job.chunk_chars)
+    settings = settings_fingerprint(job.tts.model_dump())
+    keys = {c.id: c.key(settings) for c in chunks}
+    store = ChunkStore(join(out, CHUNK_DIR))
+    done, _ = store.listing()
+    pending = [c for c in chunks if keys[c.id] not in done]
+    todo = pending[: job.limit] if job.limit else pending
+    report.inputs = len(chunks)
+    report.skipped_already_done = len(chunks) - len(pending)
+    logger.info("%s: %d chapters, %d characters, %d chunks (%d done, %d to synthesize)", job.book,
+                len(book.chapters), book.chars, len(chunks), report.skipped_already_done, len(todo))
+    rows: list[dict[str, Any]] = []
+    if todo:
+        rows = _run_pipeline(job, todo, keys, store, report)
+    synth_wall = time.perf_counter() - t0
+    done, failed = store.listing()
+    failed -= done
+    missing = [c for c in chunks if keys[c.id] not in done and keys[c.id] not in failed]
+    report.processed = len(rows)
+    report.errors = sum(1 for r in rows if r["error"])
+    report.ok = report.processed - report.errors
+    errors_by_kind: dict[str, int] = {}
+    for r in rows:
+        if r["error"]:
+            kind = r["error"].split(":", 1)[0]
+            errors_by_kind[kind] = errors_by_kind.get(kind, 0) + 1
+    report.errors_by_kind = errors_by_kind
+    new_audio_s = sum(r["samples"] for r in rows) / SAMPLE_RATE
+    extra: dict[str, Any] = {
+        "book": job.book, "title": book.title, "author": book.author, "characters": book.chars,
+        "chapters": len(book.chapters), "chunks": len(chunks), "chunks_synthesized": report.ok,
+        "chunks_failed_total": len([c for c in chunks if keys[c.id] in failed]),
+        "chunks_pending": len(missing), "chars_synthesized": sum(r["chars"] for r in rows),
+        "new_audio_s": new_audio_s, "synthesis_wall_s": synth_wall,
+        "actor_real_time_factor": (sum(r["synth_s"] for r in rows) / new_audio_s) if new_audio_s else 0.0,
+        "format": job.format, "model": job.tts.model, "voice": job.tts.voice, "lang": job.tts.lang,
+        "speed": job.tts.speed, "complete": not missing, "failed_chunks": [], "files": [],
+    }
+    report.extra = extra
+    if missing:
+        logger.warning("%d of %d chunks are not synthesized yet (limit=%s): rerun to finish the book",
+                       len(missing), len(chunks), job.limit)
+    else:
+        assembly = assemble_book(book, chunks, keys, failed, store, out, job)
+        report.audio_s = assembly.audio_s
+        report.audio_hours = assembly.audio_s / 3600
+        extra.update(
+            failed_chunks=assembly.failed, files=assembly.files, m4b=assembly.m4b,
+            chapter_files=[ch.file for ch in assembly.chapters], duration_s=assembly.audio_s,
+        )
+    report.wall_s = time.perf_counter() - t0
+    report.rtfx = report.audio_s / report.wall_s if report.audio_s and report.wall_s else 0.0
+    extra["wall_s"] = report.wall_s
+    # RTF over this run's new audio (what the run computed); chars/s over this run's chunks.
+    extra["real_time_factor"] = report.wall_s / new_audio_s if new_audio_s else 0.0
+    extra["chars_per_s"] = extra["chars_synthesized"] / report.wall_s if report.wall_s else 0.0
+    extra["driver_peak_rss_mb"] = _peak_rss_mb()
+    report.totals = {"chunks": len(chunks), "failed": extra["chunks_failed_total"], "pending": len(missing)}
+    write_report(out, report)
+    return report.to_dict()
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (the driver's: Ray workers are other processes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _run_pipeline(
+    job: AudiobookJob, todo: list[Chunk], keys: dict[str, str], store: ChunkStore, report: RunReport
+) -> list[dict[str, Any]]:
+    """Synthesize ``todo`` on a Ray actor pool; returns the small per-chunk status rows."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm import tqdm
+
+    from voxray.cluster import init_ray, plan_actors
+
+    started = init_ray(job.ray)
+    try:
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False  # one bar over chunks (below) instead of Ray's per-operator bars
+        cluster = ray.cluster_resources()
+        plan = plan_actors(job.resources, cluster)
+        actors = plan.actors
+        if job.resources.actors is None and not plan.uses_gpu:
+            actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
+        actors = min(actors, len(todo))
+        options = job.tts.model_dump()
+        if options.get("threads") is None and not plan.uses_gpu:
+            options["threads"] = plan.threads
+        if job.tts.model == "embedded":  # build the model cache once here, not racing in every actor
+            from voxray.tts.assets import resolve_model
+
+            resolve_model("embedded")
+        report.extra.update(actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus,
+                            threads=options["threads"])
+        items = [{"id": c.id, "key": keys[c.id], "text": c.text} for c in todo]  # book order
+        batch = job.resources.rows_per_call
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(len(items) / batch), 2000)))
+        ds = ds.map_batches(
+            AudiobookActor,
+            fn_constructor_kwargs={"options": options, "chunk_root": store.root, "inject": job.inject_failures},
+            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+            batch_size=batch, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, batch_format="numpy",
+        )
+        rows: list[dict[str, Any]] = []
+        chars_total = sum(len(i["text"]) for i in items)
+        chars_done = failures = 0
+        with tqdm(total=len(items), unit="chunk", desc="audiobook", disable=not job.progress, dynamic_ncols=True,
+                  smoothing=0.1) as bar:
+            for row in ds.iter_rows():
+                rec = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                rows.append(rec)
+                chars_done += rec["chars"]
+                failures += bool(rec["error"])
+                bar.update(1)
+                bar.set_postfix(chars=f"{chars_done}/{chars_total}", failed=failures, refresh=False)
+        return rows
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def describe(book: Book, chunks: list[Chunk]) -> dict[str, Any]:
+    """The plan without synthesis (``voxray audiobook --dry-run``): chapters, characters, chunks."""
+    per: dict[int, int] = {}
+    for c in chunks:
+        per[c.chapter] = per.get(c.chapter, 0) + 1
+    return {
+        "title": book.title, "author": book.author, "characters": book.chars, "chunks": len(chunks),
+        "chapters": [{"index": ch.index, "title": ch.title, "chars": ch.chars, "paragraphs": len(ch.paragraphs),
+                      "chunks": per.get(ch.index, 0), "source": ch.source} for ch in book.chapters],
+    }
