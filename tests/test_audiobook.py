@@ -258,3 +258,16 @@ def test_failed_chunk_is_reported_and_silent(ray_cluster, tmp_path):
     assert np.abs(audio[round((failure["at_s"] + 2.0) * sr):]).max() > 0.01  # the book goes on after it
     cues = parse_srt((tmp_path / "out" / "subtitles.srt").read_text())
     assert [t for _, _, t in cues] == ["CHAPTER 1", "The first line.", "The third line."]
+
+
+def test_cli_dry_run(capsys, monkeypatch, tmp_path):
+    from voxray import cli
+
+    if "voxray.audiobook.commands" not in cli.COMMAND_MODULES:  # until cli.py lists it
+        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "voxray.audiobook.commands"])
+    assert cli.main(["audiobook", str(ROOT / "samples/books/shakespeare_eb1911.md"), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["title"] == "William Shakespeare" and len(plan["chapters"]) == 14
+    assert plan["chapters"][1]["title"] == "Youth" and plan["characters"] >= 20_000
+    assert cli.main(["audiobook", str(tmp_path / "missing.epub"), "--out", str(tmp_path / "o")]) == 2  # user error
+    assert not (tmp_path / "o").exists()

@@ -65,11 +65,13 @@ def describe_models() -> dict[str, Any]:
         info["asr"]["available"] = False
         info["asr"]["hint"] = exc.message
     try:
-        from voxray.tts.assets import describe as describe_tts
+        from voxray.tts.assets import resolve_model
+
+        info["tts"] = {"default": "embedded", "local_path": str(resolve_model("embedded"))}
     except ImportError:
         info["tts"] = {"available": False, "hint": "install the TTS extra: pip install 'voxray[tts]'"}
-    else:
-        info["tts"] = describe_tts()
+    except ModelUnavailableError as exc:
+        info["tts"] = {"default": "embedded", "available": False, "hint": exc.message}
     return info
 
 

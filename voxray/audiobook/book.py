@@ -91,7 +91,7 @@ def _strip_markdown(text: str) -> str:
     text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # images
     text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links keep their text
     text = re.sub(r"`([^`]*)`", r"\1", text)
-    text = re.sub(r"(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1", r"\2", text)  # emphasis
+    text = re.sub(r"(?<!\w)(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?!\w)", r"\2", text)  # emphasis, not snake_case
     text = re.sub(r"^\s{0,3}(?:>\s?|[-*+]\s+|\d+[.)]\s+)", "", text, flags=re.M)  # quotes, list marks
     return text
 
@@ -146,9 +146,14 @@ def parse_markdown(text: str, source: str = "book.md") -> Book:
     return _finish(title, "", chapters, source)
 
 
+_NUMBER_WORD = (r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen"
+                r"|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+                r"|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last)")
 _TXT_HEADING = re.compile(
-    r"^(?:(?:chapter|book|part|section|canto|letter)\s+(?:[0-9]+|[ivxlcdm]+|[a-z]+(?:-[a-z]+)?)\b.{0,80}"
-    r"|[IVXLCDM]+\.?(?:\s.{0,60})?|prologue|epilogue|preface|introduction)$",
+    rf"^(?:(?:chapter|book|part|section|canto|letter)\s+(?:[0-9]+|[ivxlcdm]+|(?:the\s+)?{_NUMBER_WORD}(?:-{_NUMBER_WORD})?)"
+    r"(?:[.:]?$|[.:]?\s+\S.{0,80}$)"
+    r"|(?-i:[IVXLCDM]+)(?:[.:]?$|[.:]\s+\S.{0,60}$)"
+    r"|(?:prologue|epilogue|preface|introduction)\.?$)",
     re.IGNORECASE,
 )
 

@@ -7,6 +7,7 @@ flattened, pauses as ``--pause-paragraph`` etc.); ``--dry-run`` prints the chapt
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from voxray.errors import InputError
@@ -64,7 +65,12 @@ def register(subparsers: Any) -> None:
     add_options(p, AudiobookJob, skip=("job", "book", "inject_failures"), flatten=("tts", "ray", "resources"))
     p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
                    help="print the chapters and chunk plan, synthesize nothing")
-    for action in p._actions:
-        if action.dest == "out":
-            action.required = False  # checked by the model (and not needed for --dry-run)
+    defaults = AudiobookJob.model_fields["resources"].default_factory()  # type: ignore[misc]
+    for action in p._actions:  # the shared resource descriptions state the ASR defaults
+        if action.dest == "resources__actors":
+            action.help = "Kokoro actors (default: one per GPU, else one single-threaded actor per CPU)"
+        elif action.dest.startswith("resources__") and action.help:
+            value = getattr(defaults, action.dest.split("__", 1)[1], None)
+            if value is not None:
+                action.help = re.sub(r" \(default: [^)]*\)$", "", action.help) + f" (default for audiobooks: {value})"
     p.set_defaults(_handler=_cmd_audiobook)

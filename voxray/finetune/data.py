@@ -51,7 +51,10 @@ def read_rows(manifests: list[str]) -> list[dict[str, Any]]:
         for row in expand_inputs([manifest], required=("path", "text")):
             if "text" not in row:
                 raise InputError(f"{manifest}: fine-tuning manifests need a 'text' column (columns: {sorted(row)})")
-            rows.append({"path": str(row["path"]), "text": str(row["text"] or ""), "group": group})
+            path = str(row["path"])
+            if "://" not in path:  # Ray workers run in their own working directory
+                path = os.path.abspath(path)
+            rows.append({"path": path, "text": str(row["text"] or ""), "group": group})
     return rows
 
 

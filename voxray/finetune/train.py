@@ -223,6 +223,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "worker %d/%d: %d train (%d skipped), %d eval utterances, loaded in %.1fs",
         rank, world, len(train_utts), skipped, len(eval_utts), time.perf_counter() - t_load,
     )
+    if not train_utts:
+        from voxray.errors import InputError
+
+        raise InputError(
+            f"worker {rank}: all {len(train_rows)} training rows were skipped (unreadable audio, empty "
+            f"transcript, longer than max_audio_s={job.max_audio_s}, or fewer frames than labels); "
+            f"first row: {train_rows[0] if train_rows else None}"
+        )
     stream = BatchStream(train_utts, job.batch_seconds, job.max_batch_items, job.seed + 7919 * rank)
     decoder = CTCDecoder.from_tokenizer(processor.tokenizer, 0.02)
     set_names = config["set_names"]

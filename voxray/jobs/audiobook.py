@@ -23,7 +23,7 @@ from typing import Any
 from voxray.audiobook.book import Book, Chunk, plan_chunks, read_book, settings_fingerprint
 from voxray.audiobook.config import AudiobookJob
 from voxray.audiobook.store import ChunkStore, join
-from voxray.errors import InferenceError, row_error
+from voxray.errors import InferenceError, TextError, row_error
 from voxray.jobs.common import RunReport, ensure_dir, now_iso, write_report
 from voxray.tts.config import SAMPLE_RATE, TTSOptions
 
@@ -114,10 +114,12 @@ def run_audiobook(job: AudiobookJob) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = job.out if "://" in job.out else os.path.abspath(job.out)
-    ensure_dir(out)
     report = RunReport(job="audiobook", out=out, started_at=now_iso())
     book = read_book(job.book, title=job.title, author=job.author)
     chunks = plan_chunks(book, job.chunk_chars)
+    if not chunks:
+        raise TextError(f"{job.book}: no sentence to read in the book")
+    ensure_dir(out)
     settings = settings_fingerprint(job.tts.model_dump())
     keys = {c.id: c.key(settings) for c in chunks}
     store = ChunkStore(join(out, CHUNK_DIR))
@@ -199,8 +201,9 @@ def _run_pipeline(
     from voxray.cluster import init_ray, plan_actors
 
     started = init_ray(job.ray)
+    ctx = DataContext.get_current()
+    bars = ctx.enable_progress_bars
     try:
-        ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # one bar over chunks (below) instead of Ray's per-operator bars
         cluster = ray.cluster_resources()
         plan = plan_actors(job.resources, cluster)
@@ -240,6 +243,7 @@ def _run_pipeline(
                 bar.set_postfix(chars=f"{chars_done}/{chars_total}", failed=failures, refresh=False)
         return rows
     finally:
+        ctx.enable_progress_bars = bars
         if started:
             ray.shutdown()
 

@@ -266,7 +266,6 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
     try:
         opts = collect_options(args)
-        opts.pop("verbose", None)  # the global -v flag is not a job option
         job = SynthesizeJob(**opts)
     except ValidationError as exc:
         raise InputError(_validation_message(exc)) from exc
