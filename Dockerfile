@@ -67,6 +67,7 @@ RUN uv pip install ".[tts]" \
 # Job specs and the Serve config, at the paths the RayJobs and the launcher name (/app/jobs/...).
 COPY jobs/ /app/jobs/
 COPY deployments/ /app/deployments/
+COPY samples/books/ /app/samples/books/
 
 # Optional: bake models (MODEL_HOME=/opt/models BAKE_MODELS="hub/id ...").
 RUN if [ -n "${BAKE_MODELS}" ]; then \

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "voxray.tts.commands",
     "voxray.embed.commands",
     "voxray.deployments.commands",
+    "voxray.audiobook.commands",
 ]
 
 

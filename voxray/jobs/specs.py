@@ -20,6 +20,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "transcribe": ("voxray.config:TranscribeJob", "voxray.jobs.transcribe:run_transcribe"),
     "embed": ("voxray.embed.config:EmbedJob", "voxray.jobs.embed:run_embed"),
     "synthesize": ("voxray.tts.config:SynthesizeJob", "voxray.jobs.synthesize:run_synthesize"),
+    "audiobook": ("voxray.audiobook.config:AudiobookJob", "voxray.jobs.audiobook:run_audiobook"),
 }
 
 
