@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "voxray.embed.commands",
     "voxray.deployments.commands",
     "voxray.audiobook.commands",
+    "voxray.finetune.commands",
 ]
 
 

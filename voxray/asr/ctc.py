@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxray.text_ko import compose_units, has_jamo
+
 
 @dataclass(frozen=True)
 class Span:
@@ -42,6 +44,7 @@ class CTCDecoder:
     word_delimiter: str = "|"
     skip_ids: frozenset[int] = frozenset()
     seconds_per_frame: float = 0.02
+    compose_jamo: bool = False  # the vocabulary spells Korean in conjoining jamo: output syllables
 
     @classmethod
     def from_tokenizer(cls, tokenizer, seconds_per_frame: float) -> CTCDecoder:
@@ -59,6 +62,7 @@ class CTCDecoder:
             word_delimiter=delimiter,
             skip_ids=frozenset(special),
             seconds_per_frame=seconds_per_frame,
+            compose_jamo=has_jamo(vocab),
         )
 
     def _units(self, ids: np.ndarray) -> list[tuple[str, int, int]]:
@@ -67,7 +71,7 @@ class CTCDecoder:
             if tok in self.skip_ids or tok >= len(self.vocab):
                 continue
             out.append((self.vocab[tok], s, e))
-        return out
+        return compose_units(out) if self.compose_jamo else out
 
     def decode(self, ids: np.ndarray, timestamps: str = "none") -> tuple[str, list[dict]]:
         """Text, plus char or word spans when asked (``timestamps`` = none|char|word)."""

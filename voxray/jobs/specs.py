@@ -21,6 +21,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "embed": ("voxray.embed.config:EmbedJob", "voxray.jobs.embed:run_embed"),
     "synthesize": ("voxray.tts.config:SynthesizeJob", "voxray.jobs.synthesize:run_synthesize"),
     "audiobook": ("voxray.audiobook.config:AudiobookJob", "voxray.jobs.audiobook:run_audiobook"),
+    "finetune": ("voxray.finetune.config:FinetuneJob", "voxray.finetune.train:run_finetune"),
 }
 
 
