@@ -138,6 +138,7 @@ def dedupe_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def list_shards(out: str) -> list[str]:
     """Parquet shards in the output directory (fsspec URLs preserved)."""
     fs, path = _fs_and_path(out)
+    fs.invalidate_cache()  # object stores' listings are cached per process; workers wrote since
     if not fs.exists(path):
         return []
     return sorted(_unstrip(out, fs, p) for p in fs.glob(path.rstrip("/") + "/*.parquet"))
