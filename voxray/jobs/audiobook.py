@@ -209,28 +209,15 @@ def _run_pipeline(
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
 
-    from voxray.cluster import init_ray, plan_actors
+    from voxray.cluster import init_ray
+    from voxray.jobs.synthesize import plan_tts_actors
 
     started = init_ray(job.ray)
     ctx = DataContext.get_current()
     bars = ctx.enable_progress_bars
     try:
         ctx.enable_progress_bars = False  # one bar over chunks (below) instead of Ray's per-operator bars
-        cluster = ray.cluster_resources()
-        plan = plan_actors(job.resources, cluster)
-        actors = plan.actors
-        if job.resources.actors is None and not plan.uses_gpu:
-            actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
-        actors = min(actors, len(todo))
-        options = job.tts.model_dump()
-        if options.get("threads") is None and not plan.uses_gpu:
-            options["threads"] = plan.threads
-        if job.tts.model == "embedded":  # build the model cache once here, not racing in every actor
-            from voxray.tts.assets import resolve_model
-
-            resolve_model("embedded")
-        report.extra.update(actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus,
-                            threads=options["threads"])
+        plan, actors, options = plan_tts_actors(job.resources, job.tts, len(todo), report)
         items = [{"id": c.id, "key": keys[c.id], "text": c.text} for c in todo]  # book order
         batch = job.resources.rows_per_call
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(len(items) / batch), 2000)))

@@ -21,6 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from voxray.cluster import ActorPlan
+from voxray.config import ResourceOptions
 from voxray.errors import InputError, TextError, row_error
 from voxray.jobs.common import (
     MANIFEST_EXTENSIONS,
@@ -209,34 +211,49 @@ def run_synthesize(job: SynthesizeJob) -> dict[str, Any]:
     return report.to_dict()
 
 
+def plan_tts_actors(
+    resources: ResourceOptions, tts: TTSOptions, rows: int, report: RunReport
+) -> tuple[ActorPlan, int, dict[str, Any]]:
+    """Size the TTS actor pool (shared by the synthesis and audiobook jobs).
+
+    No decode stage competes for CPUs in TTS jobs, so without GPUs it is one single-threaded actor
+    per core, never more than there are rows. The embedded model cache is built here, once, not
+    racing in every actor. Returns the plan, the actor count and the actors' TTS options.
+    """
+    import ray
+
+    from voxray.cluster import plan_actors
+
+    cluster = ray.cluster_resources()
+    plan = plan_actors(resources, cluster)
+    actors = plan.actors
+    if resources.actors is None and not plan.uses_gpu:
+        actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
+    actors = min(actors, rows)
+    options = tts.model_dump()
+    if options.get("threads") is None and not plan.uses_gpu:
+        options["threads"] = plan.threads
+    if tts.model == "embedded":
+        from voxray.tts.assets import resolve_model
+
+        resolve_model("embedded")
+    report.extra.update(
+        actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus, threads=options["threads"]
+    )
+    return plan, actors, options
+
+
 def _run_pipeline(job: SynthesizeJob, out: str, todo: list[dict[str, str]], report: RunReport) -> None:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from voxray.cluster import init_ray, plan_actors
+    from voxray.cluster import init_ray
 
     started = init_ray(job.ray)
     try:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = job.progress
-        cluster = ray.cluster_resources()
-        plan = plan_actors(job.resources, cluster)
-        actors = plan.actors
-        if job.resources.actors is None and not plan.uses_gpu:
-            # No decode stage competes for CPUs here: one single-threaded actor per core.
-            actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
-        actors = min(actors, len(todo))
-        options = job.tts.model_dump()
-        if options.get("threads") is None and not plan.uses_gpu:
-            options["threads"] = plan.threads
-        # Build the embedded model cache once here, not racing in every actor.
-        if job.tts.model == "embedded":
-            from voxray.tts.assets import resolve_model
-
-            resolve_model("embedded")
-        report.extra.update(
-            actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus, threads=options["threads"]
-        )
+        plan, actors, options = plan_tts_actors(job.resources, job.tts, len(todo), report)
         todo = sorted(todo, key=lambda r: len(r["text"]), reverse=True)
         batch = job.resources.rows_per_call
         blocks = max(1, min(math.ceil(len(todo) / batch), 1000))
