@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voxray: error: {exc.message}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # an option out of range or a typo in a YAML key
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {'.'.join(map(str, e['loc']))} (--{str(e['loc'][-1]).replace('_', '-')}): {e['msg']}"
+                 for e in exc.errors() if e["loc"]] or [f"  {exc}"]
         print("voxray: invalid options:\n" + "\n".join(lines), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

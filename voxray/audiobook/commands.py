@@ -10,25 +10,16 @@ import argparse
 import re
 from typing import Any
 
-from voxray.errors import InputError
-
 
 def _cmd_audiobook(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from voxray.audiobook.config import AudiobookJob
     from voxray.cli import collect_options, print_json
-    from voxray.tts.commands import _validation_message
 
     opts = collect_options(args)
-    opts.pop("verbose", None)
     dry_run = bool(opts.pop("dry_run", False))
     if dry_run and "out" not in opts:
         opts["out"] = "."
-    try:
-        job = AudiobookJob(**opts)
-    except ValidationError as exc:
-        raise InputError(_validation_message(exc)) from exc
+    job = AudiobookJob(**opts)  # cli.main reports invalid options
     if dry_run:
         from voxray.audiobook.book import plan_chunks, read_book
         from voxray.jobs.audiobook import describe

@@ -276,16 +276,9 @@ def _run_pipeline(job: SynthesizeJob, out: str, todo: list[dict[str, str]], repo
 
 # ---------------------------------------------------------------- CLI
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from voxray.cli import collect_options, print_json
-    from voxray.tts.commands import _validation_message
 
-    try:
-        opts = collect_options(args)
-        job = SynthesizeJob(**opts)
-    except ValidationError as exc:
-        raise InputError(_validation_message(exc)) from exc
+    job = SynthesizeJob(**collect_options(args))  # cli.main reports invalid options
     if not job.inputs:
         raise SystemExit("voxray synthesize: give at least one MANIFEST (CSV/JSONL/Parquet with 'text') or .txt")
     report = run_synthesize(job)

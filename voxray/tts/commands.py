@@ -12,19 +12,8 @@ import os
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
 from voxray.errors import InputError
 from voxray.tts.config import TTSOptions
-
-
-def _validation_message(exc: ValidationError) -> str:
-    """Pydantic errors as one line per bad option, in flag spelling."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"] if x != "tts")
-        parts.append(f"--{loc.replace('_', '-')}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _add_tts_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -56,10 +45,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
     from voxray.tts.pipeline import TTSPipeline
 
     text = _read_say_text(args)
-    try:
-        options = TTSOptions(**collect_options(args).get("tts", {}))
-    except ValidationError as exc:
-        raise InputError(_validation_message(exc)) from exc
+    options = TTSOptions(**collect_options(args).get("tts", {}))  # cli.main reports invalid options
     fmt = args.format or (os.path.splitext(args.output)[1].lstrip(".").lower() if args.output != "-" else "") or "wav"
     if fmt not in ("wav", "flac", "ogg", "mp3"):
         raise InputError(f"unsupported format {fmt!r}: choose wav, flac, ogg or mp3")
