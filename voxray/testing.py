@@ -13,32 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from voxray.finetune.model import ARCHITECTURES
+
 # A small Korean character vocabulary: enough for the tokenizer to be real and Korean.
 KOREAN_CHARS = list(
     "가나다라마바사아자차카타파하고노도로모보소오조초코토포호"
     "구누두루무부수우주추쿠투푸후이은는을를에서의한"
 )
 
-SIZES: dict[str, dict[str, Any]] = {
-    # A few hundred thousand parameters: fast enough for every test on 2 cores.
-    "tiny": dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 4, 4),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-    ),
-    # The issue 8 recipe's small model (~3.7M parameters), frame = 320 samples like XLSR.
-    "small": dict(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        conv_dim=(64, 128, 128, 128, 128, 128, 128), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2), num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16,
-    ),
-    # kresnik/wav2vec2-large-xlsr-korean's architecture (XLSR-53 large).
-    "xlsr-large": dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
-    ),
-}
+# The random architectures are fine-tuning's --from-config sizes: one table for both.
+SIZES: dict[str, dict[str, Any]] = ARCHITECTURES
 
 
 def write_vocab(path: str, chars: list[str] | None = None) -> dict[str, int]:
