@@ -35,7 +35,7 @@ def _loop(utts, vocab, args, grouped: bool, threads: int) -> dict:
     torch.set_num_threads(threads)
     job = FinetuneJob(train=["-"], eval=["-"], from_config=args.size, out="-", precision=args.precision)
     model = build_model(job, vocab, None, False)
-    apply_freeze(model, job.freeze)
+    apply_freeze(model, job.freeze_mode)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=job.lr, betas=(job.adam_beta1, job.adam_beta2))

@@ -36,8 +36,10 @@ class FinetuneOptions(Options):
         description="CTC units: jamo (Korean letters, recomposed on output), syllable, base (keep the base "
         "model's vocabulary and head); auto = base if it covers the transcripts, else jamo",
     )
-    freeze: Literal["feature_encoder", "encoder", "none"] = Field(
-        "feature_encoder", description="feature_encoder (CNN frozen), encoder (train the CTC head only), none"
+    freeze: Literal["auto", "feature_encoder", "encoder", "none"] = Field(
+        "auto",
+        description="feature_encoder (CNN frozen), encoder (train the CTC head only), none; auto = "
+        "feature_encoder for a pretrained --base, none for --from-config (random weights must all train)",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype: auto = bf16 on GPUs that support it, else fp32; fp16 is GPU-only"
@@ -90,3 +92,10 @@ class FinetuneJob(FinetuneOptions):
         if self.vocab == "base" and self.base is None:
             raise ValueError("vocab=base needs --base")
         return self
+
+    @property
+    def freeze_mode(self) -> Literal["feature_encoder", "encoder", "none"]:
+        """``freeze`` with ``auto`` resolved: freezing randomly initialised layers would keep them random."""
+        if self.freeze == "auto":
+            return "none" if self.from_config is not None else "feature_encoder"
+        return self.freeze

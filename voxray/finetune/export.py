@@ -21,11 +21,10 @@ CARD = """# {name}
 A small Korean CTC speech recogniser (wav2vec2 architecture, {params:,} parameters, jamo output
 recomposed to Hangul syllables) trained from scratch by `voxray finetune` on **synthetic speech
 only**: Korean sentences built from the word list `voxray/data/ko_words.txt`, spoken by espeak-ng
-`ko` voice variants (speed 130-190, pitch 30-70), resampled to 16 kHz.
+`ko` voice variants (speed 130-190, pitch 30-70){kokoro_line}, resampled to 16 kHz.
 
 **For demos and tests, not for real Korean speech.** It has never heard a human voice, and its
-vocabulary is closed: sentences with words outside the list score much worse. It was not
-trained on Kokoro speech.
+vocabulary is closed: sentences with words outside the list score much worse. {kokoro_note}
 
 ## Measured (this run, greedy CTC decoding, jiwer)
 
@@ -55,8 +54,16 @@ License: Apache-2.0 (weights trained by this project; espeak-ng output used as t
 """
 
 
-def export(src: str, dest: str) -> str:
-    """Copy the model files and write README.md from ``finetune.json``; returns ``dest``."""
+SOURCES = ("espeak-ng", "kokoro")
+
+
+def export(src: str, dest: str, sources: tuple[str, ...] = ("espeak-ng",)) -> str:
+    """Copy the model files, write README.md from ``finetune.json`` and ``training_data.json``
+    (which speech the model heard: the demo reads it to say whether a Kokoro round trip is fair).
+    Returns ``dest``."""
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown training source(s) {unknown}; known: {list(SOURCES)}")
     os.makedirs(dest, exist_ok=True)
     for name in MODEL_FILES:
         if os.path.exists(os.path.join(src, name)):
@@ -70,7 +77,14 @@ def export(src: str, dest: str) -> str:
         best_step=rep["best_step"], steps=rep["steps"], train_utts=rep["train_utterances"],
         train_hours=rep["train_hours"], audio_hours=rep["audio_hours_seen"], train_min=rep["train_wall_s"] / 60,
         workers=rep["num_workers"], ahph=rep["audio_hours_per_wall_hour"], precision=rep["precision"],
+        kokoro_line=", and the same kind of sentences synthesised by the Kokoro-82M pipeline (espeak `ko` "
+        "phonemes, several Kokoro voices)" if "kokoro" in sources else "",
+        kokoro_note="Its Kokoro speech came from a few voices only." if "kokoro" in sources
+        else "It was not trained on Kokoro speech.",
     )
+    with open(os.path.join(dest, "training_data.json"), "w", encoding="utf-8") as fh:
+        json.dump({"sources": list(sources), "word_list": "voxray/data/ko_words.txt",
+                   "heldout_espeak_voices": ["ko+f3", "ko+m4"], "language": "ko", "synthetic_only": True}, fh, indent=2)
     with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(card)
     return dest
@@ -80,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", help="the --out dir of a finished `voxray finetune` run")
     ap.add_argument("dest", help="where the shippable model goes (e.g. models/ko-synthetic-ctc)")
+    ap.add_argument("--sources", default="espeak-ng", help=f"comma-separated training speech sources: {SOURCES}")
     args = ap.parse_args(argv)
-    print(export(args.src, args.dest))
+    print(export(args.src, args.dest, tuple(s.strip() for s in args.sources.split(",") if s.strip())))
     return 0
 
 

@@ -209,7 +209,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         processor = make_processor(vocab, tmp)
     model = build_model(job, vocab, config["base_path"], config["keep_head"])
-    apply_freeze(model, job.freeze)
+    apply_freeze(model, job.freeze_mode)
     cfg = model.config
     min_frames = lambda n: conv_frames(cfg, n)  # noqa: E731
 
@@ -423,7 +423,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     total, _ = count_parameters(model)
     from voxray.finetune.model import apply_freeze
 
-    apply_freeze(model, job.freeze)
+    apply_freeze(model, job.freeze_mode)
     _, trainable = count_parameters(model)
     del model
     storage = os.path.join(out, "checkpoints")
