@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
+import re
 import socket
 import statistics
 import sys
@@ -64,6 +65,12 @@ def load(url_fn, payloads: list, clients: int, audio_s_fn) -> dict:
         "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95), "p99_s": percentile(latencies, 99),
         "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
     }
+
+
+def _batch_stats(metrics_text: str) -> dict[str, float]:
+    """The ASR deployment's batching stats from the ingress's Prometheus text."""
+    found = re.findall(r'voxray_deployment_batch\{deployment="asr",stat="(\w+)"\} ([0-9.e+-]+)', metrics_text)
+    return {k: float(v) for k, v in found}
 
 
 def replicas(app: str, deployment: str) -> int:
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         n = n_per_level if clients > 1 else max(6, n_per_level // 6)
         results["asr_batched"].append(load(asr_call("/b"), list(range(n)), clients, asr_audio))
         print("asr batched", results["asr_batched"][-1], flush=True)
+    batching = _batch_stats(client.get(f"{base}/b/metrics").text)
+    print("asr batching over the sweep", batching, flush=True)
     results["asr_unbatched"].append(load(asr_call("/u"), list(range(n_per_level)), 32, asr_audio))
     print("asr unbatched", results["asr_unbatched"][-1], flush=True)
     tts_n = 6 if args.quick else 24
@@ -202,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
           f"load ended at {load_end:.0f} s")
     payload = {
         "benchmark": "serve_load", "quick": args.quick, "asr_model_size": args.size, "cpus": cpus,
-        "results": results, "autoscaling": {"max_replicas": max_rep, "peak": peak, "final": final,
-                                            "load_end_s": load_end, "requests_sent": sent, "timeline": timeline},
+        "results": results, "asr_batching": batching,
+        "autoscaling": {"max_replicas": max_rep, "peak": peak, "final": final,
+                        "load_end_s": load_end, "requests_sent": sent, "timeline": timeline},
         "ratios": ratios,
     }
     finish(payload, args.json)

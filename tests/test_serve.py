@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
-import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
+from net import free_port, wait_healthy
 
 from voxray.audio import decode_audio, encode_audio
 from voxray.testing import build_ctc_model, synth_speechlike
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(model_dir: str, **ingress) -> dict:
@@ -43,18 +37,11 @@ def server(ray_cluster, tmp_path_factory):
     from voxray.deployments.app import build_app
 
     model_dir = build_ctc_model(str(tmp_path_factory.mktemp("serve-model")), "tiny", seed=9)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(_config(model_dir)), name="voxray", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    wait_healthy(base)
     yield base, model_dir, port
     serve.shutdown()
 

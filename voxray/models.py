@@ -37,7 +37,7 @@ def resolve_hf_model(model: str, revision: str | None = None) -> str:
                 f"{expanded} has no config.json: expected a HuggingFace model directory "
                 f"(save_pretrained output with config.json, weights and processor files)"
             )
-        return expanded
+        return os.path.abspath(expanded)  # Ray workers (Train especially) run in other working dirs
     if os.path.exists(expanded) or model.startswith((".", "/")) or model.count("/") > 1:
         raise ModelUnavailableError(f"model path {model} does not exist or is not a directory")
     try:

@@ -7,10 +7,12 @@ already decoded (the ingress decodes on CPU), so the batched call only runs the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,18 @@ class BatchCounters:
         }
 
 
+class ModelThread:
+    """One thread per replica runs every model call, so the replica's event loop stays free to
+    accept requests and form the next batch while a forward runs, and forwards never overlap
+    (overlapping forwards would split the replica's cores between them)."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
 ITEM_SECONDS_CAP = 30  # one long file counts as a full chunk, so it always fits a batch
 
 
@@ -71,37 +85,37 @@ class ASRDeployment:
         self.deployment = DeploymentOptions(**deployment)
         self.runner = runner or ASRRunner(self.options)
         self.counters = BatchCounters()
+        self.model_thread = ModelThread("asr")
         self.batched = self.deployment.max_batch_size > 1
         self.transcribe_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
         self.transcribe_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
         self.max_items = self.deployment.max_batch_size
+
+    def _run(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+        """The model call (in the model thread): one runner call per timestamp kind."""
+        self.counters.record(len(items), sum(len(a) for a, _ in items) / SAMPLE_RATE)
+        by_ts: dict[str, list[int]] = {}
+        for i, (_, ts) in enumerate(items):
+            by_ts.setdefault(ts, []).append(i)
+        results: list[Any] = [None] * len(items)
+        for ts, idx in by_ts.items():
+            for i, r in zip(idx, self.runner.transcribe([items[i][0] for i in idx], ts), strict=True):
+                results[i] = r
+        return [{"text": r.text, "duration_s": r.duration_s, "chunks": r.chunks, "error": r.error} for r in results]
 
     @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
     async def transcribe_batch(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         # the count cap: more requests than max_batch_size run as consecutive model calls
         for k in range(0, len(items), self.max_items):
-            group = items[k : k + self.max_items]
-            self.counters.record(len(group), sum(len(a) for a, _ in group) / SAMPLE_RATE)
-            by_ts: dict[str, list[int]] = {}
-            for i, (_, ts) in enumerate(group):
-                by_ts.setdefault(ts, []).append(i)
-            results: list[Any] = [None] * len(group)
-            for ts, idx in by_ts.items():
-                for i, r in zip(idx, self.runner.transcribe([group[i][0] for i in idx], ts), strict=True):
-                    results[i] = r
-            out += [
-                {"text": r.text, "duration_s": r.duration_s, "chunks": r.chunks, "error": r.error} for r in results
-            ]
+            out += await self.model_thread.run(self._run, items[k : k + self.max_items])
         return out
 
     async def transcribe(self, audio: np.ndarray, timestamps: str = "none") -> dict[str, Any]:
         """One request; joins a dynamic batch unless batching is configured off."""
         if self.batched:
             return await self.transcribe_batch((audio, timestamps))
-        self.counters.record(1, len(audio) / SAMPLE_RATE)
-        r = self.runner.transcribe([audio], timestamps)[0]
-        return {"text": r.text, "duration_s": r.duration_s, "chunks": r.chunks, "error": r.error}
+        return (await self.model_thread.run(self._run, [(audio, timestamps)]))[0]
 
     def info(self) -> dict[str, Any]:
         return {"model": self.options.model, "policy": self.runner.policy, "counters": self.counters.as_dict()}
@@ -119,11 +133,11 @@ class EmbedDeployment:
         self.deployment = DeploymentOptions(**deployment)
         self.embedder = embedder or Embedder(self.options)
         self.counters = BatchCounters()
+        self.model_thread = ModelThread("embed")
         self.embed_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
         self.embed_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
-    async def embed_batch(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
+    def _run(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
         self.counters.record(len(audios), sum(len(a) for a in audios) / SAMPLE_RATE)
         results = self.embedder.embed(list(audios))
         return [
@@ -133,6 +147,10 @@ class EmbedDeployment:
             }
             for r in results
         ]
+
+    @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
+    async def embed_batch(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
+        return await self.model_thread.run(self._run, list(audios))
 
     async def embed(self, audio: np.ndarray) -> dict[str, Any]:
         return await self.embed_batch(audio)
@@ -156,6 +174,7 @@ class TTSDeployment:
         self.options = TTSOptions(**options)
         self.pipeline = pipeline or TTSPipeline(self.options)
         self.counters = BatchCounters()
+        self.model_thread = ModelThread("tts")
 
     def voices(self) -> list[dict[str, Any]]:
         return self.pipeline.voices.describe()
@@ -173,14 +192,12 @@ class TTSDeployment:
             raise TextError("input is empty: give the text to speak")
         # The first sentence goes alone so its audio leaves early; the rest is packed into
         # full-size chunks. Both calls validate voice/lang/speed before producing audio.
-        first = self.pipeline(sentences[0], voice=voice, lang=lang, speed=speed)
-        rest = " ".join(sentences[1:])
         total = 0
-        for result in first:
-            total += len(result.audio)
-            yield result.audio
-        if rest:
-            for result in self.pipeline(rest, voice=voice, lang=lang, speed=speed):
+        for part in (sentences[0], " ".join(sentences[1:])):
+            if not part:
+                continue
+            chunks = await self.model_thread.run(self.pipeline, part, voice, lang, speed)
+            while (result := await self.model_thread.run(next, chunks, None)) is not None:
                 total += len(result.audio)
                 yield result.audio
         self.counters.record(1, total / self.pipeline.sample_rate)

@@ -19,8 +19,8 @@ MODEL_FILES = (
 CARD = """# {name}
 
 A small Korean CTC speech recogniser (wav2vec2 architecture, {params:,} parameters, jamo output
-recomposed to Hangul syllables) trained from scratch by `voxray finetune` on **synthetic speech
-only**: Korean sentences built from the word list `voxray/data/ko_words.txt`, spoken by espeak-ng
+recomposed to Hangul syllables) trained from random weights by `voxray finetune` on **synthetic
+speech only**: Korean sentences built from the word list `voxray/data/ko_words.txt`, spoken by espeak-ng
 `ko` voice variants (speed 130-190, pitch 30-70){kokoro_line}, resampled to 16 kHz.
 
 **For demos and tests, not for real Korean speech.** It has never heard a human voice, and its
@@ -32,19 +32,18 @@ vocabulary is closed: sentences with words outside the list score much worse. {k
 |---|---|---|
 {rows}
 
-Best checkpoint: step {best_step} of {steps}; {train_utts:,} training utterances ({train_hours:.1f} h);
-{audio_hours:.1f} audio hours seen in {train_min:.0f} minutes of training on {workers} CPU worker(s)
-({ahph:.1f} audio hours per wall hour), precision {precision}.
-
-`eval` = new sentences from the training voices; `heldout` = new sentences from the held-out voices
-`ko+f3` and `ko+m4`.
+{stages}
+`eval` = new sentences from the training voices; `heldout` = new sentences from the held-out espeak-ng
+voices `ko+f3` and `ko+m4`; `kokoro_eval` = new sentences from the Kokoro voices in training;
+`kokoro_heldout` = new sentences from the Kokoro voice `jf_tebukuro`, never heard in training.
 
 ## Reproduce
 
     make train-demo-model
 
-(`python scripts/make_ko_synthetic.py --out out/ko-synthetic-data`, then `voxray run jobs/finetune.yaml`,
-then `python -m voxray.finetune.export out/ko-synthetic-ctc models/ko-synthetic-ctc`.)
+(the espeak-ng corpus `scripts/make_ko_synthetic.py`, training from random weights `jobs/finetune.yaml`,
+Kokoro-spoken sentences `scripts/make_ko_kokoro.py`, the second stage `jobs/finetune-kokoro.yaml`,
+then `python -m voxray.finetune.export out/ko-synthetic-ctc-kokoro models/ko-synthetic-ctc --sources espeak-ng,kokoro`.)
 
 ## Use
 
@@ -71,12 +70,21 @@ def export(src: str, dest: str, sources: tuple[str, ...] = ("espeak-ng",)) -> st
     with open(os.path.join(src, "finetune.json"), encoding="utf-8") as fh:
         rep = json.load(fh)
     rows = [f"| all | {rep['best_cer']:.2%} | {rep['best_wer']:.2%} |"]
+    chain = [rep]  # earlier stages: a run whose base was another run's output dir
+    while os.path.isfile(os.path.join(str(chain[-1]["model_source"]), "finetune.json")) and len(chain) < 8:
+        with open(os.path.join(str(chain[-1]["model_source"]), "finetune.json"), encoding="utf-8") as fh:
+            chain.append(json.load(fh))
+    stages = "".join(
+        f"Stage {n}: best checkpoint at step {r['best_step']} of {r['steps']} (overall CER {r['best_cer']:.2%}); "
+        f"{r['train_utterances']:,} training utterances ({r['train_hours']:.1f} h); {r['audio_hours_seen']:.1f} audio "
+        f"hours seen in {r['train_wall_s'] / 60:.0f} minutes on {r['num_workers']} CPU worker(s) "
+        f"({r['audio_hours_per_wall_hour']:.1f} audio hours per wall hour), precision {r['precision']}.\n"
+        for n, r in enumerate(reversed(chain), 1)
+    )
     rows += [f"| {k} | {v['cer']:.2%} | {v['wer']:.2%} |" for k, v in rep["best_by_set"].items()]
     card = CARD.format(
         name=os.path.basename(os.path.normpath(dest)), params=rep["parameters"], rows="\n".join(rows),
-        best_step=rep["best_step"], steps=rep["steps"], train_utts=rep["train_utterances"],
-        train_hours=rep["train_hours"], audio_hours=rep["audio_hours_seen"], train_min=rep["train_wall_s"] / 60,
-        workers=rep["num_workers"], ahph=rep["audio_hours_per_wall_hour"], precision=rep["precision"],
+        stages=stages,
         kokoro_line=", and the same kind of sentences synthesised by the Kokoro-82M pipeline (espeak `ko` "
         "phonemes, several Kokoro voices)" if "kokoro" in sources else "",
         kokoro_note="Its Kokoro speech came from a few voices only." if "kokoro" in sources
