@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -45,6 +46,23 @@ def _unwrap_optional(tp: Any) -> Any:
 
 def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def restate_defaults(
+    parser: argparse.ArgumentParser, group: str, defaults: BaseModel, label: str,
+    overrides: dict[str, str] | None = None,
+) -> None:
+    """Shared option groups describe their own defaults; a job that changes them (the TTS jobs'
+    resources) restates them in ``--help`` as ``(default for LABEL: value)``. ``overrides`` replace
+    whole help texts by dest."""
+    overrides = overrides or {}
+    for action in parser._actions:
+        if action.dest in overrides:
+            action.help = overrides[action.dest]
+        elif action.dest.startswith(f"{group}__") and action.help:
+            value = getattr(defaults, action.dest.split("__", 1)[1], None)
+            if value is not None:
+                action.help = re.sub(r" \(default: [^)]*\)$", "", action.help) + f" (default for {label}: {value})"
 
 
 def add_options(

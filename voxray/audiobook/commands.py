@@ -7,7 +7,6 @@ flattened, pauses as ``--pause-paragraph`` etc.); ``--dry-run`` prints the chapt
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 
@@ -44,7 +43,7 @@ def _cmd_audiobook(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     from voxray.audiobook.config import AudiobookJob
-    from voxray.cli import add_options
+    from voxray.cli import add_options, restate_defaults
 
     p = subparsers.add_parser(
         "audiobook",
@@ -56,12 +55,8 @@ def register(subparsers: Any) -> None:
     add_options(p, AudiobookJob, skip=("job", "book", "inject_failures"), flatten=("tts", "ray", "resources"))
     p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
                    help="print the chapters and chunk plan, synthesize nothing")
-    defaults = AudiobookJob.model_fields["resources"].default_factory()  # type: ignore[misc]
-    for action in p._actions:  # the shared resource descriptions state the ASR defaults
-        if action.dest == "resources__actors":
-            action.help = "Kokoro actors (default: one per GPU, else one single-threaded actor per CPU)"
-        elif action.dest.startswith("resources__") and action.help:
-            value = getattr(defaults, action.dest.split("__", 1)[1], None)
-            if value is not None:
-                action.help = re.sub(r" \(default: [^)]*\)$", "", action.help) + f" (default for audiobooks: {value})"
+    restate_defaults(  # the shared resource descriptions state the ASR defaults
+        p, "resources", AudiobookJob.model_fields["resources"].default_factory(), "audiobooks",  # type: ignore[misc]
+        {"resources__actors": "Kokoro actors (default: one per GPU, else one single-threaded actor per CPU)"},
+    )
     p.set_defaults(_handler=_cmd_audiobook)

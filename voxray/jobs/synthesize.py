@@ -288,7 +288,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from voxray.cli import add_options
+    from voxray.cli import add_options, restate_defaults
 
     p = subparsers.add_parser(
         "synthesize",
@@ -300,15 +300,11 @@ def register(subparsers: Any) -> None:
                 flatten=("tts", "ray", "resources"))
     p.add_argument("--tts-model", dest="tts__model", default=None,
                    help=TTSOptions.model_fields["model"].description)
-    defaults = SynthesizeJob.model_fields["resources"].default_factory()  # type: ignore[misc]
-    for action in p._actions:  # shared descriptions speak of audio inputs and ASR defaults
-        if action.dest == "inputs":
-            action.help = "manifests (CSV/TSV/JSONL/Parquet with 'text'; optional id, voice, lang, speed) or .txt"
-        elif action.dest == "resources__actors":
-            action.help = "model actors (default for TTS: one per GPU, else one single-threaded actor per CPU)"
-        elif action.dest.startswith("resources__"):
-            name = action.dest.split("__", 1)[1]
-            value = getattr(defaults, name, None)
-            if value is not None and action.help:
-                action.help = re.sub(r" \(default: [^)]*\)$", "", action.help) + f" (default for TTS: {value})"
+    restate_defaults(  # shared descriptions speak of audio inputs and ASR defaults
+        p, "resources", SynthesizeJob.model_fields["resources"].default_factory(), "TTS",  # type: ignore[misc]
+        {
+            "inputs": "manifests (CSV/TSV/JSONL/Parquet with 'text'; optional id, voice, lang, speed) or .txt",
+            "resources__actors": "model actors (default for TTS: one per GPU, else one single-threaded actor per CPU)",
+        },
+    )
     p.set_defaults(_handler=_cmd_synthesize)
