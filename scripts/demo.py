@@ -26,13 +26,6 @@ OUT = os.path.join(ROOT, "demo-out")
 SHIPPED_MODEL = os.path.join(ROOT, "models", "ko-synthetic-ctc")
 
 
-def cer(refs: list[str], hyps: list[str]) -> float:
-    """Character error rate over the set (jiwer), spaces ignored: Korean spacing is not what we test."""
-    import jiwer
-
-    return float(jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") or "-" for h in hyps]))
-
-
 def trained_on_kokoro(model: str) -> bool | None:
     """What the shipped model's ``training_data.json`` says (None: unknown, e.g. a hub model)."""
     path = os.path.join(model, "training_data.json")
@@ -55,10 +48,11 @@ def transcribe(model: str, paths: list[str], out: str) -> tuple[dict[str, Any], 
     from voxray.jobs.transcribe import run_transcribe
 
     report = run_transcribe(TranscribeJob(inputs=paths, out=out, progress=False, asr=ASROptions(model=model)))
-    texts = {r["path"]: (r["text"] or "") if not r["error"] else "" for r in read_results(out).to_pylist()}
-    errors = [r for r in read_results(out).to_pylist() if r["error"]]
-    for r in errors:
-        print(f"  ERROR {r['path']}: {r['error']}")
+    texts: dict[str, str] = {}
+    for r in read_results(out).to_pylist():
+        texts[r["path"]] = "" if r["error"] else r["text"] or ""
+        if r["error"]:
+            print(f"  ERROR {r['path']}: {r['error']}")
     return report, texts
 
 
@@ -74,6 +68,7 @@ def main() -> int:
     from voxray.jobs.embed import run_embed
     from voxray.jobs.synthesize import run_synthesize
     from voxray.models import resolve_hf_model
+    from voxray.text_ko import cer_ignoring_spaces
     from voxray.tts.config import SynthesizeJob
 
     shutil.rmtree(OUT, ignore_errors=True)  # every run measures every stage afresh (jobs would resume)
@@ -93,7 +88,6 @@ def main() -> int:
         rows = sorted(read_results(tts_out).to_pylist(), key=lambda r: r["id"])
         for r in rows:
             r["text"] = text_of[r["id"]]
-        for r in rows:
             where = f"{r['duration_s']:6.2f} s  {os.path.relpath(r['path'], ROOT)}"
             status = where if not r["error"] else f"ERROR {r['error']}"
             print(f"  {r['id']:<10} {status}")
@@ -116,7 +110,7 @@ def main() -> int:
         hyps = [texts.get(r["path"], "") for r in kokoro]
         for r, h in zip(kokoro, hyps, strict=True):
             print(f"  {r['id']}  ref: {r['text']}\n          hyp: {h}")
-        cers["kokoro_round_trip"] = cer([r["text"] for r in kokoro], hyps)
+        cers["kokoro_round_trip"] = cer_ignoring_spaces([r["text"] for r in kokoro], hyps)
         print(f"  round-trip CER (Kokoro TTS -> ASR): {cers['kokoro_round_trip']:.1%}")
         card = os.path.join(model, "finetune.json")
         if os.path.isfile(card):
@@ -136,7 +130,7 @@ def main() -> int:
         hyps = [texts.get(p, "") for p in espeak_paths]
         for e, h in zip(espeak, hyps, strict=True):
             print(f"  {e['id']} ({e['voice']})  ref: {e['text']}\n          hyp: {h}")
-        cers["espeak_heldout_voices"] = cer([e["text"] for e in espeak], hyps)
+        cers["espeak_heldout_voices"] = cer_ignoring_spaces([e["text"] for e in espeak], hyps)
         print(f"  CER on held-out espeak-ng voices: {cers['espeak_heldout_voices']:.1%}")
 
         # ---- 3. embeddings

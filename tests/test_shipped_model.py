@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from net import free_port, wait_healthy
 
+from voxray.text_ko import cer_ignoring_spaces as cer
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "models" / "ko-synthetic-ctc")
 SAMPLES = ROOT / "samples" / "ko"
@@ -24,12 +26,6 @@ def _clips() -> list[dict[str, str]]:
     with open(SAMPLES / "espeak.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [{**r, "path": str(SAMPLES / r["path"])} for r in rows]
-
-
-def cer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    return float(jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") or "-" for h in hyps]))
 
 
 @pytest.fixture(scope="module")

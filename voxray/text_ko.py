@@ -123,3 +123,11 @@ def compose(text: str | Iterable[str]) -> str:
 def has_jamo(tokens: Iterable[str]) -> bool:
     """True when a CTC vocabulary spells Korean in conjoining jamo (so output needs :func:`compose`)."""
     return any(is_jamo(t) for t in tokens)
+
+
+def cer_ignoring_spaces(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Character error rate over a set (jiwer) with spaces removed: Korean word spacing is loose
+    (particles, compounds), so a spacing slip should not count like a wrong syllable."""
+    import jiwer
+
+    return float(jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") or "-" for h in hyps]))

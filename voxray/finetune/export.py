@@ -71,8 +71,8 @@ def export(src: str, dest: str, sources: tuple[str, ...] = ("espeak-ng",)) -> st
         rep = json.load(fh)
     rows = [f"| all | {rep['best_cer']:.2%} | {rep['best_wer']:.2%} |"]
     chain = [rep]  # earlier stages: a run whose base was another run's output dir
-    while os.path.isfile(os.path.join(str(chain[-1]["model_source"]), "finetune.json")) and len(chain) < 8:
-        with open(os.path.join(str(chain[-1]["model_source"]), "finetune.json"), encoding="utf-8") as fh:
+    while len(chain) < 8 and os.path.isfile(prev := os.path.join(str(chain[-1]["model_source"]), "finetune.json")):
+        with open(prev, encoding="utf-8") as fh:
             chain.append(json.load(fh))
     stages = "".join(
         f"Stage {n}: best checkpoint at step {r['best_step']} of {r['steps']} (overall CER {r['best_cer']:.2%}); "
