@@ -19,15 +19,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[tts,dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/ruff check voxray tests benchmarks scripts
+test: lint
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# ruff, then the architecture: import-linter's contracts in pyproject.toml (layers, no Ray below the adapters)
 lint: $(STAMP)
 	$(BIN)/ruff check voxray tests benchmarks scripts
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

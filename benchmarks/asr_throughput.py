@@ -62,7 +62,7 @@ def bench_pipeline(model_dir: str, audios: list[np.ndarray], batch_size: int, th
 
 def bench_runner(model_dir: str, audios: list[np.ndarray], threads: int, batch_seconds: float) -> dict:
     from voxray.asr import ASRRunner
-    from voxray.config import ASROptions
+    from voxray.asr.config import ASROptions
 
     runner = ASRRunner(ASROptions(model=model_dir, threads=threads, batch_seconds=batch_seconds))
     runner.transcribe(audios[:1])
@@ -75,8 +75,9 @@ def bench_runner(model_dir: str, audios: list[np.ndarray], threads: int, batch_s
 
 
 def bench_job(model_dir: str, paths: list[str], out: str, batch_seconds: float) -> dict:
-    from voxray.config import ASROptions, RayOptions, TranscribeJob
-    from voxray.jobs.transcribe import run_transcribe
+    from voxray.asr.config import ASROptions
+    from voxray.config import RayOptions
+    from voxray.jobs.transcribe import TranscribeJob, run_transcribe
 
     job = TranscribeJob(
         inputs=paths, out=out, progress=False, ray=RayOptions(num_cpus=os.cpu_count()),

@@ -44,7 +44,7 @@ FULL_CHAPTERS = range(0, 5)  # >= 20,000 characters
 QUICK_CHAPTERS = range(1, 3)
 
 _RUN_JOB = (
-    "import sys; from voxray.audiobook.config import AudiobookJob; from voxray.jobs.audiobook import run_audiobook;"
+    "import sys; from voxray.jobs.audiobook import AudiobookJob, run_audiobook;"
     "run_audiobook(AudiobookJob.model_validate_json(sys.argv[1]))"
 )
 

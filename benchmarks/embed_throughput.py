@@ -93,8 +93,8 @@ def run_embedder(embedder: Any, paths: list[str]) -> tuple[float, list[np.ndarra
 
 def run_job(model: Any, paths: list[str], root: str, threads: int) -> float:
     from voxray.config import RayOptions, ResourceOptions
-    from voxray.embed.config import EmbedJob, EmbedOptions
-    from voxray.jobs.embed import run_embed
+    from voxray.embed.config import EmbedOptions
+    from voxray.jobs.embed import EmbedJob, run_embed
 
     model_dir = os.path.join(root, "model")
     model.save_pretrained(model_dir)

@@ -27,9 +27,9 @@ from _bench import finish
 def _loop(utts, vocab, args, grouped: bool, threads: int) -> dict:
     import torch
 
+    from voxray.finetune.base_model import apply_freeze, build_model
     from voxray.finetune.config import FinetuneJob
     from voxray.finetune.data import BatchStream, collate
-    from voxray.finetune.model import apply_freeze, build_model
     from voxray.finetune.train import autocast_dtype, lr_lambda
 
     torch.set_num_threads(threads)
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.cpu_count() or 1
     work = tempfile.mkdtemp(prefix="vxr-bench-ft-")
 
-    from voxray.encoder import conv_frames
+    from voxray.encoder.architectures import ARCHITECTURES
+    from voxray.encoder.core import conv_frames
     from voxray.finetune.config import FinetuneJob
     from voxray.finetune.data import load_utterances, read_rows
-    from voxray.finetune.model import ARCHITECTURES
     from voxray.finetune.train import run_finetune
     from voxray.finetune.vocab import build_vocab
 

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from kokoro_onnx import Kokoro
 
     from voxray.config import RayOptions, ResourceOptions
-    from voxray.tts import SynthesizeJob, TTSPipeline
+    from voxray.jobs.synthesize import SynthesizeJob
+    from voxray.tts import TTSPipeline
     from voxray.tts.assets import embedded_voices_file, resolve_model
 
     load_before = os.getloadavg()  # other work on the machine skews every number: record it

@@ -43,9 +43,9 @@ def stage_row(name: str, report: dict[str, Any], unit: str = "audio s/s") -> dic
 
 
 def transcribe(model: str, paths: list[str], out: str) -> tuple[dict[str, Any], dict[str, str]]:
-    from voxray.config import ASROptions, TranscribeJob
-    from voxray.jobs.common import read_results
-    from voxray.jobs.transcribe import run_transcribe
+    from voxray.asr.config import ASROptions
+    from voxray.jobs.transcribe import TranscribeJob, run_transcribe
+    from voxray.results import read_results
 
     report = run_transcribe(TranscribeJob(inputs=paths, out=out, progress=False, asr=ASROptions(model=model)))
     texts: dict[str, str] = {}
@@ -61,15 +61,15 @@ def main() -> int:
     import ray
 
     from voxray.cluster import init_ray
-    from voxray.config import DEFAULT_ASR_MODEL, RayOptions
-    from voxray.embed.config import EmbedJob, EmbedOptions
+    from voxray.config import RayOptions
+    from voxray.embed.config import EmbedOptions
+    from voxray.encoder.options import DEFAULT_ASR_MODEL
     from voxray.errors import ModelUnavailableError
-    from voxray.jobs.common import read_results
-    from voxray.jobs.embed import run_embed
-    from voxray.jobs.synthesize import run_synthesize
-    from voxray.models import resolve_hf_model
+    from voxray.jobs.embed import EmbedJob, run_embed
+    from voxray.jobs.synthesize import SynthesizeJob, run_synthesize
+    from voxray.model_sources import resolve_hf_model
+    from voxray.results import read_results
     from voxray.text_ko import cer_ignoring_spaces
-    from voxray.tts.config import SynthesizeJob
 
     shutil.rmtree(OUT, ignore_errors=True)  # every run measures every stage afresh (jobs would resume)
     stages: list[dict[str, Any]] = []

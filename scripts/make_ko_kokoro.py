@@ -46,9 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from voxray.jobs.common import read_results
-    from voxray.jobs.synthesize import run_synthesize
-    from voxray.tts.config import SynthesizeJob
+    from voxray.jobs.synthesize import SynthesizeJob, run_synthesize
+    from voxray.results import read_results
 
     rng = random.Random(args.seed)
     splits = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from voxray.asr import ASRRunner
-from voxray.config import ASROptions
+from voxray.asr.config import ASROptions
 from voxray.testing import build_ctc_model, synth_speechlike
 
 LENGTHS_S = [0.4, 1.7, 3.3, 0.9, 2.6, 1.1]

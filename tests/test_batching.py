@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from voxray.asr.batching import plan_batches
-from voxray.asr.chunking import plan_chunks
+from voxray.encoder.batching import plan_batches
+from voxray.encoder.chunking import plan_chunks
 
 
 def test_every_item_once_and_budget_respected():

@@ -82,7 +82,9 @@ import json, os, sys, time
 import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes, list_tasks
-from voxray.config import ASROptions, RayOptions, ResourceOptions, TranscribeJob
+from voxray.asr.config import ASROptions
+from voxray.config import RayOptions, ResourceOptions
+from voxray.jobs.transcribe import TranscribeJob
 from voxray.jobs.transcribe import run_transcribe
 
 address, dashboard, model, wavs, asr_out, tts_spec, tts_out = sys.argv[1:8]
@@ -162,7 +164,7 @@ progress: false
 
 
 def test_jobs_run_across_local_cluster_nodes(local_cluster: dict[str, Any], tmp_path: Path):
-    from voxray.jobs.common import read_results
+    from voxray.results import read_results
 
     model, wavs, spec, n_wavs, n_rows = _write_inputs(tmp_path)
     asr_out, tts_out = tmp_path / "asr", tmp_path / "tts"

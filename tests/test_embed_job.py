@@ -10,13 +10,13 @@ import pytest
 from audio_fixtures import make_corpus
 
 from voxray.audio import decode_audio, write_audio
-from voxray.embed import Embedder, EmbedJob, EmbedOptions
+from voxray.embed import Embedder, EmbedOptions
 from voxray.embed.frames import read_frames
 from voxray.embed.search import search
 from voxray.errors import InputError
-from voxray.jobs.common import list_shards, read_results
-from voxray.jobs.embed import run_embed
+from voxray.jobs.embed import EmbedJob, run_embed
 from voxray.jobs.specs import parse_spec
+from voxray.results import list_shards, read_results
 from voxray.testing import build_ctc_model
 
 pytestmark = pytest.mark.slow

@@ -42,7 +42,7 @@ def _write_set(root: str, name: str, n: int, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    pytest.importorskip("espeakng_loader")
+    import espeakng_loader  # noqa: F401  (make test installs it: a missing one must fail)
     root = str(tmp_path_factory.mktemp("ko-words"))
     train = _write_set(root, "train", 80, 0)
     with open(train, encoding="utf-8") as fh:  # a second eval set: 12 clips the model trains on
@@ -91,10 +91,10 @@ def test_finetune_learns_resumes_and_exports(ray_cluster, corpus, tmp_path):
 
     from voxray import text_ko
     from voxray.asr import ASRRunner
+    from voxray.asr.config import ASROptions
     from voxray.audio import decode_audio
-    from voxray.config import ASROptions
+    from voxray.corpus import expand_inputs
     from voxray.finetune.vocab import normalize_transcript
-    from voxray.jobs.common import expand_inputs
 
     rows = expand_inputs(corpus[1], required=("path", "text"))
     runner = ASRRunner(ASROptions(model=out))

@@ -61,7 +61,7 @@ def test_syllable_vocab_and_normalisation():
 def test_saved_jamo_model_loads_in_asr_runner_and_recomposes(tmp_path):
     """The output dir format: an ordinary HF dir that voxray's ASRRunner loads unchanged."""
     from voxray.asr import ASRRunner
-    from voxray.finetune.model import build_model, save_hf
+    from voxray.finetune.base_model import build_model, save_hf
     from voxray.finetune.vocab import make_processor
 
     vocab = build_vocab(["하늘 바다"])
@@ -70,7 +70,7 @@ def test_saved_jamo_model_loads_in_asr_runner_and_recomposes(tmp_path):
     out = str(tmp_path / "model")
     save_hf(model, make_processor(vocab, out), out)
     assert os.path.exists(os.path.join(out, "model.safetensors"))
-    from voxray.config import ASROptions
+    from voxray.asr.config import ASROptions
 
     runner = ASRRunner(ASROptions(model=out))
     audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
@@ -113,7 +113,7 @@ def test_options_need_exactly_one_model_source(tmp_path):
 
 def test_cli_flags_derive_from_the_options_model():
     from voxray.cli import collect_options
-    from voxray.finetune.commands import register
+    from voxray.cli.finetune import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -135,11 +135,11 @@ def test_finetune_spec_parses():
 
 
 def test_espeak_corpus_is_deterministic_16k(tmp_path):
-    pytest.importorskip("espeakng_loader")
+    import espeakng_loader  # noqa: F401  (make test installs it: a missing one must fail)
     import soundfile as sf
 
+    from voxray.corpus import read_manifest
     from voxray.data_synth.korean import HELDOUT_VOICES, make_corpus
-    from voxray.jobs.common import read_manifest
 
     rep = make_corpus(str(tmp_path / "a"), n_train=6, n_eval=2, n_heldout=2, seed=1)
     rep2 = make_corpus(str(tmp_path / "b"), n_train=6, n_eval=2, n_heldout=2, seed=1)

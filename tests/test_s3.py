@@ -47,8 +47,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[dict[str, str]]:
-    pytest.importorskip("s3fs", reason="pip install s3fs")
-    server_mod = pytest.importorskip("moto.server", reason='pip install "moto[server]"')
+    import moto.server as server_mod  # make test installs moto[server] and s3fs: a missing one fails
+    import s3fs  # noqa: F401
     port = _free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -86,9 +86,9 @@ def test_transcribe_s3_in_s3_out_and_rerun_is_noop(s3_env: dict[str, str], tmp_p
     import s3fs
 
     from voxray.asr import ASRRunner
+    from voxray.asr.config import ASROptions
     from voxray.audio import decode_audio, write_audio
-    from voxray.config import ASROptions
-    from voxray.jobs.common import read_results
+    from voxray.results import read_results
     from voxray.testing import build_ctc_model, synth_speechlike
 
     fs = s3fs.S3FileSystem()  # configured by the environment only, like the job

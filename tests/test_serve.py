@@ -54,7 +54,7 @@ def test_openai_client_transcription_speech_and_models(server):
     import openai
 
     from voxray.asr import ASRRunner
-    from voxray.config import ASROptions
+    from voxray.asr.config import ASROptions
 
     base, model_dir, _ = server
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")

@@ -31,7 +31,7 @@ def _clips() -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def runner():
     from voxray.asr import ASRRunner
-    from voxray.config import ASROptions
+    from voxray.asr.config import ASROptions
 
     return ASRRunner(ASROptions(model=MODEL))
 
@@ -107,9 +107,9 @@ def test_resampled_and_stereo_inputs_give_the_same_text(runner, tmp_path, varian
 
 @pytest.mark.slow
 def test_transcribe_job_gives_the_reference_text(ray_cluster, tmp_path):
-    from voxray.config import ASROptions, TranscribeJob
-    from voxray.jobs.common import read_results
-    from voxray.jobs.transcribe import run_transcribe
+    from voxray.asr.config import ASROptions
+    from voxray.jobs.transcribe import TranscribeJob, run_transcribe
+    from voxray.results import read_results
 
     clips = _clips()
     report = run_transcribe(TranscribeJob(

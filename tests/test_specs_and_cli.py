@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from voxray.cli import build_parser, collect_options, main
-from voxray.config import TranscribeJob
 from voxray.jobs.specs import JOBS, parse_spec
+from voxray.jobs.transcribe import TranscribeJob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml")))

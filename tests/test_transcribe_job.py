@@ -10,10 +10,11 @@ import pytest
 from audio_fixtures import make_corpus
 
 from voxray.asr import ASRRunner
+from voxray.asr.config import ASROptions
 from voxray.audio import decode_audio
-from voxray.config import ASROptions, TranscribeJob
-from voxray.jobs.common import expand_inputs, read_results
-from voxray.jobs.transcribe import run_transcribe
+from voxray.corpus import expand_inputs
+from voxray.jobs.transcribe import TranscribeJob, run_transcribe
+from voxray.results import read_results
 from voxray.testing import build_ctc_model
 
 pytestmark = pytest.mark.slow

@@ -32,6 +32,10 @@ WRITE_FORMATS = {
 }
 
 
+# The rate wav2vec2 encoders were trained at: every ASR/embedding input is resampled to it.
+SAMPLE_RATE = 16000
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """Header facts read without decoding the samples (cheap: used to sort a corpus by length)."""
@@ -131,7 +135,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def decode_audio(source: AudioSource, sample_rate: int = 16000, mono: bool = True) -> np.ndarray:
+def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, mono: bool = True) -> np.ndarray:
     """Decode any supported input to float32 at ``sample_rate`` (mono: channel mean).
 
     Raises :class:`InputNotFoundError`, :class:`EmptyAudioError` or :class:`AudioDecodeError`.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from voxray.finetune.model import ARCHITECTURES
+from voxray.encoder.architectures import ARCHITECTURES
 
 # A small Korean character vocabulary: enough for the tokenizer to be real and Korean.
 KOREAN_CHARS = list(

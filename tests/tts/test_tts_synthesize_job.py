@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from voxray.jobs.common import list_shards, read_results
-from voxray.jobs.synthesize import read_text_inputs, safe_name
-from voxray.tts.config import SynthesizeJob
+from voxray.jobs.synthesize import SynthesizeJob, read_text_inputs, safe_name
+from voxray.results import list_shards, read_results
 
 
 def test_safe_names_stay_in_their_folder():

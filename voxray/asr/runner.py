@@ -2,7 +2,7 @@
 
 Imports no Ray and no HTTP: batch jobs wrap it for ``map_batches``, Serve wraps it behind
 ``@serve.batch``. Batching is length-aware and the padding policy is read from the model config
-(see :mod:`voxray.asr.batching`); long audio is chunked and stitched at the logit level. The
+(see :mod:`voxray.encoder.batching`); long audio is chunked and stitched at the logit level. The
 forward/batching/chunking machinery is shared with the embedder (:mod:`voxray.encoder`).
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from voxray.asr.config import ASROptions
 from voxray.asr.ctc import CTCDecoder
-from voxray.config import ASROptions
-from voxray.encoder import (  # re-exported: part of this module's public API
+from voxray.audio import SAMPLE_RATE
+from voxray.encoder.core import (  # re-exported: part of this module's public API
     EncoderCore,
     PaddingStats,
     padding_policy,
@@ -25,11 +26,10 @@ from voxray.encoder import (  # re-exported: part of this module's public API
     resolve_dtype,
 )
 from voxray.errors import ModelUnavailableError, VoxrayError, row_error
-from voxray.models import load_pretrained, resolve_hf_model
+from voxray.model_sources import load_pretrained, resolve_hf_model
 
 logger = logging.getLogger("voxray.asr")
 
-SAMPLE_RATE = 16000
 
 __all__ = ["ASRResult", "ASRRunner", "PaddingStats", "padding_policy", "resolve_device", "resolve_dtype"]
 

@@ -3,6 +3,6 @@
 Importing this package loads nothing heavy; the Ray job lives in :mod:`voxray.jobs.audiobook`.
 """
 
-from voxray.audiobook.config import AudiobookJob, AudiobookOptions, PauseOptions
+from voxray.audiobook.config import AudiobookOptions, PauseOptions
 
-__all__ = ["AudiobookJob", "AudiobookOptions", "PauseOptions"]
+__all__ = ["AudiobookOptions", "PauseOptions"]

@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from voxray.audiobook.book import Book, Chunk
+from voxray.audiobook.book import Book, BookChunk
 from voxray.audiobook.config import AudiobookOptions
 from voxray.audiobook.ffmpeg import run_ffmpeg
-from voxray.audiobook.store import ChunkStore, join
+from voxray.audiobook.store import ChunkStore
+from voxray.storage import fs_join, join
+from voxray.subtitles import srt_cue
+from voxray.subtitles import srt_time as srt_time  # part of this module's interface
 from voxray.tts.config import SAMPLE_RATE
 
 logger = logging.getLogger("voxray.audiobook")
@@ -35,14 +38,6 @@ def safe_title(title: str, max_len: int = 80) -> str:
     characters become spaces; never empty, never starting with a dot)."""
     text = re.sub(r"\s+", " ", _UNSAFE_TITLE.sub(" ", title)).strip().strip(".").strip()
     return text[:max_len].rstrip() or "Chapter"
-
-
-def srt_time(seconds: float) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
 
 
 @dataclass
@@ -121,7 +116,7 @@ class _Publisher:
     def publish(self, name: str, as_name: str | None = None) -> str:
         src, dest = self.local(name), join(self.out, as_name or name)
         if self.remote:
-            self.fs.put(src, self.path.rstrip("/") + "/" + (as_name or name))
+            self.fs.put(src, fs_join(self.path, as_name or name))
             os.remove(src)
         else:
             os.replace(src, dest)
@@ -133,7 +128,7 @@ class _Publisher:
 
 def assemble_book(
     book: Book,
-    chunks: list[Chunk],
+    chunks: list[BookChunk],
     keys: dict[str, str],
     failed: set[str],
     store: ChunkStore,
@@ -149,7 +144,7 @@ def assemble_book(
 
     pub = _Publisher(out)
     result = Assembly()
-    by_chapter: dict[int, list[Chunk]] = {}
+    by_chapter: dict[int, list[BookChunk]] = {}
     for chunk in chunks:
         by_chapter.setdefault(chunk.chapter, []).append(chunk)
     present = [c for c in book.chapters if by_chapter.get(c.index)]
@@ -190,7 +185,7 @@ def assemble_book(
                             offset = position / SAMPLE_RATE
                             for s0, s1, text in meta["sentences"]:
                                 cue += 1
-                                srt.write(f"{cue}\n{srt_time(offset + s0)} --> {srt_time(offset + s1)}\n{text}\n\n")
+                                srt.write(srt_cue(cue, offset + s0, offset + s1, text))
                             put(store.read_audio(key))
                         if chunk.paragraph_end and k < len(todo) - 1:
                             put(para_pause)

@@ -84,65 +84,92 @@ def _finish(title: str, author: str, chapters: list[Chapter], source: str) -> Bo
     return Book(title=title, author=author, chapters=chapters, source=source)
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+def _markdown_parser() -> Any:
+    """CommonMark, with indented code blocks off: an indented paragraph in a book is prose."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").disable("code")
 
 
-def _strip_markdown(text: str) -> str:
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # images
-    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links keep their text
-    text = re.sub(r"`([^`]*)`", r"\1", text)
-    text = re.sub(r"(?<!\w)(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?!\w)", r"\2", text)  # emphasis, not snake_case
-    text = re.sub(r"^\s{0,3}(?:>\s?|[-*+]\s+|\d+[.)]\s+)", "", text, flags=re.M)  # quotes, list marks
-    return text
+def _inline_text(token: Any) -> str:
+    """Plain text of an inline token: emphasis, links and code spans keep their text; images and
+    inline HTML (comments included) are dropped; line breaks become spaces."""
+    parts: list[str] = []
+    for child in token.children or []:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+    return "".join(parts)
+
+
+def _html_text(html: str) -> str:
+    """The text of a raw HTML block, without its tags, comments, scripts and styles."""
+    import lxml.html
+    from lxml.etree import ParserError
+
+    try:
+        root = lxml.html.fragment_fromstring(html, create_parent="div")
+    except ParserError:  # nothing but a declaration (<!DOCTYPE ...>)
+        return ""
+    for bad in root.xpath("//comment() | //script | //style"):
+        bad.drop_tree()
+    return root.text_content()
+
+
+def _fence_closed(tok: Any, lines: list[str]) -> bool:
+    """Whether a fence token ends with its closing fence (an unclosed one runs to the end of its block)."""
+    start, end = tok.map
+    last = lines[end - 1].lstrip(" \t>").rstrip() if end - start >= 2 and end <= len(lines) else ""
+    return last.startswith(tok.markup) and not last.strip(tok.markup[0])
+
+
+def _markdown_blocks(text: str) -> list[tuple[int, int, str]]:
+    """(heading level or 0, first line (0-based), plain text) of every text block, in order.
+
+    Headings count only at the top level (one inside a quote or a list is a paragraph); fenced
+    code is not read; each paragraph, list item paragraph or raw HTML block is one block.
+    """
+    tokens = _markdown_parser().parse(text)
+    blocks: list[tuple[int, int, str]] = []
+    lines = re.split(r"\r\n?|\n", text)  # as markdown-it counts lines
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            blocks.append((int(tok.tag[1:]) if tok.level == 0 else 0, tok.map[0], _inline_text(tokens[i + 1])))
+        elif tok.type == "inline" and tokens[i - 1].type != "heading_open":
+            blocks.append((0, tok.map[0], _inline_text(tok)))
+        elif tok.type == "html_block" and tok.content.strip():
+            blocks.append((0, tok.map[0], _html_text(tok.content)))
+        elif tok.type == "fence" and not _fence_closed(tok, lines):
+            logger.warning("line %d: a code fence (%s) is never closed: the text after it (in its block) is not read",
+                           tok.map[0] + 1, tok.markup)
+    return blocks
 
 
 def parse_markdown(text: str, source: str = "book.md") -> Book:
     """Chapters at headings. A single ``#`` heading above ``##`` headings is the book's title."""
-    def blank(m: re.Match[str]) -> str:  # keep line numbers for the chapters' source field
-        return "\n" * m.group(0).count("\n")
-
-    text = re.sub(r"<!--.*?-->", blank, text, flags=re.S)
-    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", blank, text, flags=re.S | re.M)  # code blocks are not read
-    lines = text.splitlines()
-    headings = [(n, len(m.group(1)), m.group(2)) for n, line in enumerate(lines) if (m := _MD_HEADING.match(line))]
+    blocks = _markdown_blocks(text)
+    levels = [lvl for lvl, _, _ in blocks if lvl]
     title = _stem(source)
-    split_level = min((lvl for _, lvl, _ in headings), default=0)
-    if split_level and sum(1 for _, lvl, _ in headings if lvl == split_level) == 1 and any(
-        lvl > split_level for _, lvl, _ in headings
-    ):
-        title = _strip_markdown(next(t for _, lvl, t in headings if lvl == split_level))
-        split_level = min(lvl for _, lvl, _ in headings if lvl > split_level)
+    split_level = min(levels, default=0)
+    if split_level and levels.count(split_level) == 1 and any(lvl > split_level for lvl in levels):
+        title = next(t for lvl, _, t in blocks if lvl == split_level)
+        split_level = min(lvl for lvl in levels if lvl > split_level)
+    name = os.path.basename(source)
     chapters: list[Chapter] = []
     current: Chapter | None = None
-    block: list[str] = []
-
-    def flush() -> None:
-        nonlocal current
-        if block:
-            para = _strip_markdown(" ".join(block))
-            if current is None:
-                current = Chapter(len(chapters), title, [], f"{os.path.basename(source)}#L1")
-                chapters.append(current)
-            current.paragraphs.extend(_keep([para]))
-            block.clear()
-
-    for n, line in enumerate(lines):
-        m = _MD_HEADING.match(line)
-        if m and len(m.group(1)) <= split_level:
-            flush()
-            if len(m.group(1)) < split_level:
+    for level, line, block in blocks:
+        if level and level <= split_level:
+            if level < split_level:
                 continue  # the book title line
-            heading = _clean(_strip_markdown(m.group(2)))
-            current = Chapter(len(chapters), heading, _keep([heading]), f"{os.path.basename(source)}#L{n + 1}")
+            heading = _clean(block)
+            current = Chapter(len(chapters), heading, _keep([heading]), f"{name}#L{line + 1}")
             chapters.append(current)
-        elif m or not line.strip():
-            flush()
-            if m:  # a sub-heading stays inside the chapter as its own paragraph
-                block.append(m.group(2))
-                flush()
-        else:
-            block.append(line.strip())
-    flush()
+            continue
+        if current is None:  # text before the first chapter heading
+            current = Chapter(len(chapters), title, [], f"{name}#L1")
+            chapters.append(current)
+        current.paragraphs.extend(_keep([block]))  # a sub-heading stays inside the chapter as its own paragraph
     return _finish(title, "", chapters, source)
 
 
@@ -315,7 +342,7 @@ def read_book(path: str, title: str | None = None, author: str | None = None) ->
 
 # ------------------------------------------------------------------ chunk planning
 @dataclass(frozen=True)
-class Chunk:
+class BookChunk:
     """One unit of parallel synthesis and of resume: whole sentences of one paragraph."""
 
     id: str
@@ -348,10 +375,10 @@ def _pack(sentences: list[str], limit: int) -> Iterator[str]:
         yield " ".join(buf)
 
 
-def plan_chunks(book: Book, chunk_chars: int = 400) -> list[Chunk]:
+def plan_chunks(book: Book, chunk_chars: int = 400) -> list[BookChunk]:
     """Cut every paragraph into chunks of whole sentences up to ``chunk_chars`` (a longer
     sentence is one chunk; the TTS pipeline splits it further within Kokoro's token limit)."""
-    chunks: list[Chunk] = []
+    chunks: list[BookChunk] = []
     for chapter in book.chapters:
         position = 0
         for p_index, para in enumerate(chapter.paragraphs):
@@ -361,7 +388,7 @@ def plan_chunks(book: Book, chunk_chars: int = 400) -> list[Chunk]:
                 continue
             pieces = list(_pack(sentences, chunk_chars))
             for k, text in enumerate(pieces):
-                chunks.append(Chunk(chunk_id(chapter.index, position), chapter.index, position, p_index, text,
+                chunks.append(BookChunk(chunk_id(chapter.index, position), chapter.index, position, p_index, text,
                                     k == len(pieces) - 1))
                 position += 1
     return chunks

@@ -1,4 +1,7 @@
-"""Pydantic options for ``voxray audiobook``: one home for its CLI flags and ``jobs/audiobook.yaml``."""
+"""What a book becomes (format, metadata, pauses, chunking): the options the assembler reads.
+
+The job options (``voxray audiobook``, ``jobs/audiobook.yaml``) extend them in :mod:`voxray.jobs.audiobook`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from voxray.config import Options, RayOptions, ResourceOptions
-from voxray.tts.config import TTSOptions
+from voxray.config import Options
 
 BookFormat = Literal["m4b", "mp3", "wav"]
 
@@ -38,29 +40,4 @@ class AudiobookOptions(Options):
         400, ge=50, le=5000,
         description="characters per chunk: whole sentences of one paragraph are packed up to this size "
         "(one chunk is one unit of parallel work and of resume)",
-    )
-
-
-def _audiobook_resources() -> ResourceOptions:
-    # Same reasoning as the synthesis job: one single-threaded Kokoro actor per core, half a CPU
-    # reserved each so the driver and Ray Data's own tasks are not starved; one chunk per call.
-    return ResourceOptions(cpus_per_actor=0.5, threads_per_actor=1, rows_per_call=1)
-
-
-class AudiobookJob(AudiobookOptions):
-    """``voxray audiobook`` / ``voxray run jobs/audiobook.yaml``: a book -> an audiobook, on Ray."""
-
-    job: Literal["audiobook"] = "audiobook"
-    out: str = Field(..., description="output directory (local path or fsspec URL)")
-    tts: TTSOptions = Field(default_factory=TTSOptions)
-    ray: RayOptions = Field(default_factory=RayOptions)
-    resources: ResourceOptions = Field(default_factory=_audiobook_resources)
-    progress: bool = Field(True, description="show a progress bar over chunks, with an ETA")
-    limit: int | None = Field(
-        None, ge=1, description="synthesize at most this many new chunks, then stop (a rerun resumes)"
-    )
-    inject_failures: dict[str, int] = Field(
-        default_factory=dict,
-        description="TESTS ONLY: chunk id -> how many attempts of that chunk raise an injected error "
-        "(1: the retry succeeds; 2 or more: the chunk fails and becomes silence)",
     )

@@ -15,14 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from voxray.storage import fs_join
+
 OK_SUFFIX = ".json"
 FAILED_SUFFIX = ".failed.json"
-
-
-def join(base: str, *parts: str) -> str:
-    if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
-    return os.path.join(base, *parts)
 
 
 class ChunkStore:
@@ -36,7 +32,7 @@ class ChunkStore:
         self.remote = "://" in root and not root.startswith("file://")
 
     def _put(self, name: str, data: bytes) -> None:
-        path = self.path.rstrip("/") + "/" + name
+        path = fs_join(self.path, name)
         if self.remote:
             with self.fs.open(path, "wb") as fh:  # an object store write is all-or-nothing
                 fh.write(data)
@@ -48,7 +44,7 @@ class ChunkStore:
         os.replace(tmp, path)
 
     def _get(self, name: str) -> bytes:
-        with self.fs.open(self.path.rstrip("/") + "/" + name, "rb") as fh:
+        with self.fs.open(fs_join(self.path, name), "rb") as fh:
             return fh.read()
 
     def listing(self) -> tuple[set[str], set[str]]:
@@ -65,7 +61,7 @@ class ChunkStore:
         np.save(buf, np.ascontiguousarray(audio, dtype=np.float32), allow_pickle=False)
         self._put(key + ".npy", buf.getvalue())
         self._put(key + OK_SUFFIX, json.dumps(meta).encode())
-        failed = self.path.rstrip("/") + "/" + key + FAILED_SUFFIX
+        failed = fs_join(self.path, key + FAILED_SUFFIX)
         if self.fs.exists(failed):  # an earlier run's failure, now fixed
             self.fs.rm(failed)
 

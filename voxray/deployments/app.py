@@ -15,7 +15,7 @@ from voxray.deployments.config import ServeAppConfig
 def build_app(args: dict[str, Any] | ServeAppConfig | None = None) -> Any:
     """Bind the enabled model deployments and the ingress into a Serve application."""
     from voxray.deployments.ingress import make_ingress
-    from voxray.deployments.models import ASRDeployment, EmbedDeployment, TTSDeployment
+    from voxray.deployments.replicas import ASRDeployment, EmbedDeployment, TTSDeployment
 
     config = args if isinstance(args, ServeAppConfig) else ServeAppConfig(**(args or {}))
     handles: dict[str, Any] = {}

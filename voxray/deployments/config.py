@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from voxray.config import ASROptions, Options
+from voxray.asr.config import ASROptions
+from voxray.config import Options
 from voxray.embed.config import EmbedOptions
 from voxray.tts.config import TTSOptions
 

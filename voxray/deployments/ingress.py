@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from voxray.audio import SAMPLE_RATE
 from voxray.deployments.config import ServeAppConfig
 from voxray.deployments.formats import (
     SPEECH_MEDIA_TYPES,
@@ -39,8 +40,6 @@ from voxray.errors import (
 )
 
 logger = logging.getLogger("voxray.deployments")
-
-SAMPLE_RATE = 16000
 
 
 class SpeechRequest(BaseModel):

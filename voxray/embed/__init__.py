@@ -1,6 +1,6 @@
-"""Acoustic embeddings on the ASR encoder: layer choice, masked pooling, a batch job and search."""
+"""Acoustic embeddings on the ASR encoder: layer choice, masked pooling, nearest-neighbour search."""
 
-from voxray.embed.config import EmbeddingLayout, EmbedJob, EmbedOptions
+from voxray.embed.config import EmbeddingLayout, EmbedOptions
 from voxray.embed.runner import Embedder, EmbeddingResult
 
-__all__ = ["EmbedJob", "EmbedOptions", "Embedder", "EmbeddingLayout", "EmbeddingResult"]
+__all__ = ["EmbedOptions", "Embedder", "EmbeddingLayout", "EmbeddingResult"]

@@ -12,21 +12,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from voxray.config import DEFAULT_ASR_MODEL, JobOptions, Options
+from voxray.config import Options
+from voxray.encoder.options import EncoderOptions
 
 LayerSpec = int | list[int] | Literal["all"]
 POOLINGS = ("mean", "max", "mean+std")
 
 
-class EmbedOptions(Options):
-    """The embedding runner: encoder, layer choice, pooling, and the batching shared with ASR."""
+class EmbedOptions(EncoderOptions):
+    """The embedding runner: the shared encoder options plus layer choice and pooling."""
 
-    model: str = Field(
-        DEFAULT_ASR_MODEL,
-        description="HF hub id or local dir of any wav2vec2-family encoder (wav2vec2/XLS-R/HuBERT, "
-        "with or without a CTC head)",
-    )
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     layer: LayerSpec = Field(
         -1,
         description="hidden-state entry: N (0 = transformer input, -1 = encoder output), a list "
@@ -43,23 +38,6 @@ class EmbedOptions(Options):
     )
     frames: bool = Field(False, description="also write frame-level features (sharded .npy + row offsets)")
     frames_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of frame-level features")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="compute dtype: auto = float16 on CUDA, float32 on CPU (vectors are float32)"
-    )
-    padding: Literal["auto", "mask", "exact", "none"] = Field(
-        "auto",
-        description="auto: attention mask for layer-norm encoders, equal-length batches for group-norm "
-        "ones (padding would change their outputs); 'none' = batch size 1",
-    )
-    batch_seconds: float = Field(160.0, gt=0, description="padded audio seconds per forward pass")
-    max_batch_items: int = Field(64, ge=1, description="items per forward pass, at most")
-    max_padding: float = Field(0.1, ge=0, le=1, description="largest padded fraction a batch may reach")
-    chunk_s: float = Field(30.0, gt=0, description="longer files run in chunks (bounded memory), stitched")
-    stride_s: float | None = Field(
-        None, ge=0, description="context each side of a chunk, dropped before pooling (default chunk_s/6)"
-    )
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
 
     @field_validator("layer", mode="before")
     @classmethod
@@ -83,15 +61,7 @@ class EmbedOptions(Options):
     def _check(self) -> EmbedOptions:
         if isinstance(self.layer, list) and not self.layer:
             raise ValueError("layer list is empty")
-        if self.stride_s is not None and 2 * self.stride_s >= self.chunk_s:
-            raise ValueError(
-                f"stride_s={self.stride_s} leaves no centre in chunk_s={self.chunk_s}: need 2*stride_s < chunk_s"
-            )
         return self
-
-    @property
-    def effective_stride_s(self) -> float:
-        return self.chunk_s / 6 if self.stride_s is None else self.stride_s
 
     @property
     def layer_label(self) -> str:
@@ -99,13 +69,6 @@ class EmbedOptions(Options):
         if isinstance(self.layer, list):
             return f"{self.layer_combine}({','.join(str(x) for x in self.layer)})"
         return str(self.layer)
-
-
-class EmbedJob(JobOptions):
-    """``voxray embed``: one pooled vector per input file, Parquet out (optionally frame features)."""
-
-    job: Literal["embed"] = "embed"
-    embed: EmbedOptions = Field(default_factory=EmbedOptions)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from voxray.storage import fs_join
+
 FRAMES_DIR = "frames"
 
 
@@ -43,8 +45,8 @@ def write_frames_shard(
     buf = io.BytesIO()
     np.save(buf, np.concatenate(present).astype(dtype, copy=False))
     fs, root = fsspec.core.url_to_fs(out)
-    fs.makedirs(root.rstrip("/") + "/" + FRAMES_DIR, exist_ok=True)
-    with fs.open(root.rstrip("/") + "/" + rel, "wb") as fh:
+    fs.makedirs(fs_join(root, FRAMES_DIR), exist_ok=True)
+    with fs.open(fs_join(root, rel), "wb") as fh:
         fh.write(buf.getvalue())
     return rel, offsets, lengths
 
@@ -59,5 +61,5 @@ def read_frames(out: str, row: dict[str, Any]) -> np.ndarray:
     local = os.path.join(out, row["frames_file"])
     if "://" not in out and os.path.exists(local):
         return np.asarray(np.load(local, mmap_mode="r")[start : start + length])
-    with fsspec.open(out.rstrip("/") + "/" + row["frames_file"], "rb") as fh:
+    with fsspec.open(fs_join(out, row["frames_file"]), "rb") as fh:
         return np.load(io.BytesIO(fh.read()))[start : start + length]

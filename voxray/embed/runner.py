@@ -24,10 +24,11 @@ from typing import Any, overload
 
 import numpy as np
 
+from voxray.audio import SAMPLE_RATE
 from voxray.embed.config import EmbeddingLayout, EmbedOptions, embedding_layout
-from voxray.encoder import SAMPLE_RATE, EncoderCore, PaddingStats
+from voxray.encoder.core import EncoderCore, PaddingStats
 from voxray.errors import InputError, ModelUnavailableError, VoxrayError, row_error
-from voxray.models import load_pretrained, resolve_hf_model
+from voxray.model_sources import load_pretrained, resolve_hf_model
 
 logger = logging.getLogger("voxray.embed")
 

@@ -46,7 +46,7 @@ class EmbeddingIndex:
     def load(cls, out: str) -> EmbeddingIndex:
         import fsspec
 
-        from voxray.jobs.common import read_results
+        from voxray.results import read_results
 
         table = read_results(out, ["id", "path", "embedding", "error"])
         if table.num_rows == 0:

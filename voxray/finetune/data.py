@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from voxray.audio import SAMPLE_RATE
+from voxray.encoder.batching import plan_batches
 from voxray.finetune.vocab import VocabKind, encode, normalize_transcript
 
 logger = logging.getLogger("voxray.finetune")
-
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -43,8 +43,8 @@ def set_name(manifest: str) -> str:
 
 def read_rows(manifests: list[str]) -> list[dict[str, Any]]:
     """Manifest rows (``path``, ``text``) tagged with the index of the manifest they came from."""
+    from voxray.corpus import expand_inputs
     from voxray.errors import InputError
-    from voxray.jobs.common import expand_inputs
 
     rows: list[dict[str, Any]] = []
     for group, manifest in enumerate(manifests):
@@ -107,18 +107,7 @@ def length_grouped_batches(
     rng = np.random.default_rng(seed)
     keys = lengths * rng.uniform(0.9, 1.1, size=lengths.size) if shuffle else lengths
     order = np.argsort(-keys, kind="stable")
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    longest = 0.0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if cur and (len(cur) >= max_items or new_longest * (len(cur) + 1) > batch_samples):
-            batches.append(cur)
-            cur, new_longest = [], lengths[i]
-        cur.append(int(i))
-        longest = new_longest
-    if cur:
-        batches.append(cur)
+    batches = plan_batches(lengths.tolist(), batch_samples, max_items, max_padding=1.0, order=order).batches
     if shuffle:
         perm = rng.permutation(len(batches))
         batches = [batches[j] for j in perm]

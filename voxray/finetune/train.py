@@ -191,8 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from voxray.asr.ctc import CTCDecoder
-    from voxray.encoder import conv_frames
-    from voxray.finetune.model import apply_freeze, build_model, save_hf
+    from voxray.encoder.core import conv_frames
+    from voxray.finetune.base_model import apply_freeze, build_model, save_hf
 
     job = FinetuneJob(**config["job"])
     _worker_logging()
@@ -370,7 +370,7 @@ def _gather_stream_states(mine: dict[str, int], world: int) -> list[dict[str, in
 # ---------------------------------------------------------------- driver
 def prepare_vocab(job: FinetuneJob, texts: list[str]) -> tuple[dict[str, int], VocabKind, str | None, bool]:
     """(vocab, kind, resolved base path, keep the base's CTC head)."""
-    from voxray.finetune.model import base_processor
+    from voxray.finetune.base_model import base_processor
 
     base_path, processor = base_processor(job)
     if job.vocab in ("auto", "base") and processor is not None:
@@ -405,7 +405,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
 
     from voxray.cluster import init_ray
     from voxray.errors import InputError
-    from voxray.finetune.model import build_model, count_parameters
+    from voxray.finetune.base_model import build_model, count_parameters
 
     t0 = time.perf_counter()
     if not job.train or not job.eval:
@@ -421,7 +421,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     vocab, kind, base_path, keep_head = prepare_vocab(job, [r["text"] for r in train_rows])
     model = build_model(job, vocab, base_path, keep_head)
     total, _ = count_parameters(model)
-    from voxray.finetune.model import apply_freeze
+    from voxray.finetune.base_model import apply_freeze
 
     apply_freeze(model, job.freeze_mode)
     _, trainable = count_parameters(model)

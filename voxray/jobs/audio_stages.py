@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from voxray.audio import SAMPLE_RATE
 from voxray.errors import row_error
 
 logger = logging.getLogger("voxray.jobs")
-
-SAMPLE_RATE = 16000
 
 
 def sort_by_duration(rows: list[dict[str, Any]], threads: int = 32) -> list[dict[str, Any]]:
@@ -106,11 +105,10 @@ def run_audio_job(
     extra actor kwargs) -> sort by header duration -> decode in CPU tasks -> ``actor_cls`` pool
     -> Parquet shards -> ``run.json`` with padding waste from every actor's counters.
     """
-    from voxray.jobs.common import (
+    from voxray.corpus import expand_inputs
+    from voxray.results import (
         RunReport,
         completed_ids,
-        ensure_dir,
-        expand_inputs,
         list_shards,
         now_iso,
         read_results,
@@ -118,6 +116,7 @@ def run_audio_job(
         summarize,
         write_report,
     )
+    from voxray.storage import ensure_dir
 
     t0 = time.perf_counter()
     report = RunReport(job=name, out=job.out, started_at=now_iso())

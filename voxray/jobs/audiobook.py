@@ -15,19 +15,48 @@ chunks and skips finished ones, so a killed job picks up where it stopped.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
-from voxray.audiobook.book import Book, Chunk, plan_chunks, read_book, settings_fingerprint
-from voxray.audiobook.config import AudiobookJob
-from voxray.audiobook.store import ChunkStore, join
+from pydantic import Field
+
+from voxray.audiobook.book import Book, BookChunk, plan_chunks, read_book, settings_fingerprint
+from voxray.audiobook.config import AudiobookOptions
+from voxray.audiobook.store import ChunkStore
+from voxray.config import RayOptions, ResourceOptions
 from voxray.errors import InferenceError, TextError, row_error
-from voxray.jobs.common import RunReport, ensure_dir, now_iso, write_report
+from voxray.jobs.tts_stages import tts_stage
+from voxray.results import RunReport, now_iso, write_report
+from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, TTSOptions
 
 logger = logging.getLogger("voxray.audiobook")
+
+
+def _audiobook_resources() -> ResourceOptions:
+    # Same reasoning as the synthesis job: one single-threaded Kokoro actor per core, half a CPU
+    # reserved each so the driver and Ray Data's own tasks are not starved; one chunk per call.
+    return ResourceOptions(cpus_per_actor=0.5, threads_per_actor=1, rows_per_call=1)
+
+
+class AudiobookJob(AudiobookOptions):
+    """``voxray audiobook`` / ``voxray run jobs/audiobook.yaml``: a book -> an audiobook, on Ray."""
+
+    job: Literal["audiobook"] = "audiobook"
+    out: str = Field(..., description="output directory (local path or fsspec URL)")
+    tts: TTSOptions = Field(default_factory=TTSOptions)
+    ray: RayOptions = Field(default_factory=RayOptions)
+    resources: ResourceOptions = Field(default_factory=_audiobook_resources)
+    progress: bool = Field(True, description="show a progress bar over chunks, with an ETA")
+    limit: int | None = Field(
+        None, ge=1, description="synthesize at most this many new chunks, then stop (a rerun resumes)"
+    )
+    inject_failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="TESTS ONLY: chunk id -> how many attempts of that chunk raise an injected error "
+        "(1: the retry succeeds; 2 or more: the chunk fails and becomes silence)",
+    )
 
 CHUNK_DIR = "chunks"
 
@@ -202,51 +231,35 @@ def _peak_rss_mb() -> float:
 
 
 def _run_pipeline(
-    job: AudiobookJob, todo: list[Chunk], keys: dict[str, str], store: ChunkStore, report: RunReport
+    job: AudiobookJob, todo: list[BookChunk], keys: dict[str, str], store: ChunkStore, report: RunReport
 ) -> list[dict[str, Any]]:
     """Synthesize ``todo`` on a Ray actor pool; returns the small per-chunk status rows."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
 
-    from voxray.cluster import init_ray
-    from voxray.jobs.synthesize import plan_tts_actors
-
-    started = init_ray(job.ray)
-    ctx = DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    try:
-        ctx.enable_progress_bars = False  # one bar over chunks (below) instead of Ray's per-operator bars
-        plan, actors, options = plan_tts_actors(job.resources, job.tts, len(todo), report)
-        items = [{"id": c.id, "key": keys[c.id], "text": c.text} for c in todo]  # book order
-        batch = job.resources.rows_per_call
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(len(items) / batch), 2000)))
-        ds = ds.map_batches(
-            AudiobookActor,
-            fn_constructor_kwargs={"options": options, "chunk_root": store.root, "inject": job.inject_failures},
-            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-            batch_size=batch, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, batch_format="numpy",
-        )
-        rows: list[dict[str, Any]] = []
-        chars_total = sum(len(i["text"]) for i in items)
-        chars_done = failures = 0
-        with tqdm(total=len(items), unit="chunk", desc="audiobook", disable=not job.progress, dynamic_ncols=True,
-                  smoothing=0.1) as bar:
-            for row in ds.iter_rows():
-                rec = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-                rows.append(rec)
-                chars_done += rec["chars"]
-                failures += bool(rec["error"])
-                bar.update(1)
-                bar.set_postfix(chars=f"{chars_done}/{chars_total}", failed=failures, refresh=False)
-        return rows
-    finally:
-        ctx.enable_progress_bars = bars
-        if started:
-            ray.shutdown()
+    items = [{"id": c.id, "key": keys[c.id], "text": c.text} for c in todo]  # book order
+    rows: list[dict[str, Any]] = []
+    chars_total = sum(len(i["text"]) for i in items)
+    chars_done = failures = 0
+    with (
+        tts_stage(  # one bar over chunks (below) instead of Ray's per-operator bars
+            items, AudiobookActor, {"chunk_root": store.root, "inject": job.inject_failures},
+            ray_options=job.ray, resources=job.resources, tts=job.tts, report=report, max_blocks=2000,
+            ray_progress_bars=False,
+        ) as ds,
+        tqdm(total=len(items), unit="chunk", desc="audiobook", disable=not job.progress, dynamic_ncols=True,
+             smoothing=0.1) as bar,
+    ):
+        for row in ds.iter_rows():
+            rec = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            rows.append(rec)
+            chars_done += rec["chars"]
+            failures += bool(rec["error"])
+            bar.update(1)
+            bar.set_postfix(chars=f"{chars_done}/{chars_total}", failed=failures, refresh=False)
+    return rows
 
 
-def describe(book: Book, chunks: list[Chunk]) -> dict[str, Any]:
+def describe(book: Book, chunks: list[BookChunk]) -> dict[str, Any]:
     """The plan without synthesis (``voxray audiobook --dry-run``): chapters, characters, chunks."""
     per: dict[int, int] = {}
     for c in chunks:

@@ -13,23 +13,32 @@ refused instead of mixing incompatible vectors.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from voxray.embed.config import EmbeddingLayout, EmbedJob, EmbedOptions, embedding_layout
+from voxray.config import JobOptions
+from voxray.embed.config import EmbeddingLayout, EmbedOptions, embedding_layout
 from voxray.errors import InputError
 from voxray.jobs.audio_stages import counter_deltas, run_audio_job
+from voxray.storage import fs_join
 
 logger = logging.getLogger("voxray.embed")
 
 META_NAME = "embedding.json"
 # what must match for vectors of two runs to share one output directory
 COMPATIBLE_KEYS = ("model", "revision", "layer", "layer_combine", "pooling", "normalize", "frames", "frames_dtype")
+
+
+class EmbedJob(JobOptions):
+    """``voxray embed``: one pooled vector per input file, Parquet out (optionally frame features)."""
+
+    job: Literal["embed"] = "embed"
+    embed: EmbedOptions = Field(default_factory=EmbedOptions)
 
 
 def embed_schema(dim: int) -> pa.Schema:
@@ -118,7 +127,7 @@ def plan_layout(options: EmbedOptions) -> EmbeddingLayout:
     """The layout (and so the Arrow width) from the model's config: never assumed."""
     from transformers import AutoConfig
 
-    from voxray.models import resolve_hf_model
+    from voxray.model_sources import resolve_hf_model
 
     path = resolve_hf_model(options.model, options.revision)  # fails fast, with the fix-it message
     config = AutoConfig.from_pretrained(path)
@@ -139,7 +148,7 @@ def _check_or_write_meta(out: str, options: EmbedOptions, layout: EmbeddingLayou
         "layout_doc": "vector.reshape(blocks, stats, hidden); stats = [mean, std] for mean+std; "
         "blocks = entries for concat/all, else 1; frames rows are blocks*hidden wide",
     }
-    url = out.rstrip("/") + "/" + META_NAME
+    url = fs_join(out, META_NAME)
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
         with fs.open(path, "r") as fh:
@@ -170,15 +179,3 @@ def run_embed(job: EmbedJob) -> dict[str, Any]:
         return {"out": job.out, "dim": layout.dim}
 
     return run_audio_job(job, "embed", job.embed, EmbedActor, prepare, extra)
-
-
-# ---------------------------------------------------------------- CLI
-def cmd_embed(args: argparse.Namespace) -> int:
-    from voxray.cli import collect_options, print_json
-
-    job = EmbedJob(**collect_options(args))
-    if not job.inputs:
-        raise SystemExit("voxray embed: give at least one INPUT (file, directory, glob, URL or manifest)")
-    report = run_embed(job)
-    print_json(report)
-    return 0 if report["processed"] == 0 or report["ok"] > 0 else 1

@@ -17,10 +17,10 @@ from voxray.errors import InputError
 
 # job name -> (options model "module:Class", runner "module:function")
 JOBS: dict[str, tuple[str, str]] = {
-    "transcribe": ("voxray.config:TranscribeJob", "voxray.jobs.transcribe:run_transcribe"),
-    "embed": ("voxray.embed.config:EmbedJob", "voxray.jobs.embed:run_embed"),
-    "synthesize": ("voxray.tts.config:SynthesizeJob", "voxray.jobs.synthesize:run_synthesize"),
-    "audiobook": ("voxray.audiobook.config:AudiobookJob", "voxray.jobs.audiobook:run_audiobook"),
+    "transcribe": ("voxray.jobs.transcribe:TranscribeJob", "voxray.jobs.transcribe:run_transcribe"),
+    "embed": ("voxray.jobs.embed:EmbedJob", "voxray.jobs.embed:run_embed"),
+    "synthesize": ("voxray.jobs.synthesize:SynthesizeJob", "voxray.jobs.synthesize:run_synthesize"),
+    "audiobook": ("voxray.jobs.audiobook:AudiobookJob", "voxray.jobs.audiobook:run_audiobook"),
     "finetune": ("voxray.finetune.config:FinetuneJob", "voxray.finetune.train:run_finetune"),
 }
 

@@ -10,36 +10,52 @@ never crosses the object store) -> Parquet shards -> ``run.json``. A row that fa
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import Field
 
-from voxray.cluster import ActorPlan
-from voxray.config import ResourceOptions
+from voxray.config import JobOptions, ResourceOptions
+from voxray.corpus import MANIFEST_EXTENSIONS, read_manifest
 from voxray.errors import InputError, TextError, row_error
-from voxray.jobs.common import (
-    MANIFEST_EXTENSIONS,
+from voxray.jobs.tts_stages import tts_stage
+from voxray.results import (
     RunReport,
     completed_ids,
-    ensure_dir,
     list_shards,
     now_iso,
-    read_manifest,
     read_results,
     read_shards,
     summarize,
     write_report,
 )
-from voxray.tts.config import SAMPLE_RATE, SynthesizeJob, TTSOptions
+from voxray.storage import ensure_dir, join
+from voxray.tts.config import SAMPLE_RATE, AudioFormat, TTSOptions
 
 logger = logging.getLogger("voxray.jobs.synthesize")
+
+
+def _tts_resources() -> ResourceOptions:
+    # One onnxruntime thread per actor and one actor per core: Kokoro's intra-op scaling is
+    # sublinear (measured: 2 threads ~1.5x of 1), so two 1-thread actors beat one 2-thread actor.
+    # Half a CPU reserved per actor leaves room for Ray Data's write tasks on a small machine.
+    return ResourceOptions(cpus_per_actor=0.5, threads_per_actor=1, rows_per_call=2)
+
+
+class SynthesizeJob(JobOptions):
+    """``voxray synthesize``: a text manifest (id, text[, voice, lang, speed]) -> audio files + Parquet."""
+
+    job: Literal["synthesize"] = "synthesize"
+    tts: TTSOptions = Field(default_factory=TTSOptions)
+    resources: ResourceOptions = Field(default_factory=_tts_resources)
+    format: AudioFormat = Field("wav", description="audio file format: wav | flac | ogg | mp3")
+    audio_dir: str = Field("audio", description="folder under --out for the audio files")
 
 SCHEMA = pa.schema(
     [
@@ -118,12 +134,6 @@ def read_text_inputs(inputs: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _join(base: str, *parts: str) -> str:
-    if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
-    return os.path.join(base, *parts)
-
-
 # ---------------------------------------------------------------- model stage (Ray actors)
 class SynthesizeActor:
     """Holds one :class:`TTSPipeline` (model loaded once per actor); writes each row's audio file."""
@@ -157,7 +167,7 @@ class SynthesizeActor:
             if not text.strip():
                 raise TextError("text is empty: give the row some words to speak")
             result = self.pipeline.synthesize(text, voice=out["voice"], lang=out["lang"], speed=out["speed"])
-            path = _join(self.audio_root, f"{safe_name(out['id'])}.{self.fmt}")
+            path = join(self.audio_root, f"{safe_name(out['id'])}.{self.fmt}")
             write_audio(path, result.audio, result.sample_rate, self.fmt)
             out.update(path=path, duration_s=result.duration_s, phonemes=result.phonemes)
         except Exception as exc:  # per-row: recorded, never raised
@@ -201,7 +211,7 @@ def run_synthesize(job: SynthesizeJob) -> dict[str, Any]:
     report.extra.update(
         model=job.tts.model,
         format=job.format,
-        audio_dir=_join(out, job.audio_dir),
+        audio_dir=join(out, job.audio_dir),
         chars=chars,
         chars_per_s=chars / report.wall_s if report.wall_s > 0 else 0.0,
         real_time_factor=report.wall_s / report.audio_s if report.audio_s > 0 else 0.0,
@@ -211,100 +221,11 @@ def run_synthesize(job: SynthesizeJob) -> dict[str, Any]:
     return report.to_dict()
 
 
-def plan_tts_actors(
-    resources: ResourceOptions, tts: TTSOptions, rows: int, report: RunReport
-) -> tuple[ActorPlan, int, dict[str, Any]]:
-    """Size the TTS actor pool (shared by the synthesis and audiobook jobs).
-
-    No decode stage competes for CPUs in TTS jobs, so without GPUs it is one single-threaded actor
-    per core, never more than there are rows. The embedded model cache is built here, once, not
-    racing in every actor. Returns the plan, the actor count and the actors' TTS options.
-    """
-    import ray
-
-    from voxray.cluster import plan_actors
-
-    cluster = ray.cluster_resources()
-    plan = plan_actors(resources, cluster)
-    actors = plan.actors
-    if resources.actors is None and not plan.uses_gpu:
-        actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
-    actors = min(actors, rows)
-    options = tts.model_dump()
-    if options.get("threads") is None and not plan.uses_gpu:
-        options["threads"] = plan.threads
-    if tts.model == "embedded":
-        from voxray.tts.assets import resolve_model
-
-        resolve_model("embedded")
-    report.extra.update(
-        actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus, threads=options["threads"]
-    )
-    return plan, actors, options
-
-
 def _run_pipeline(job: SynthesizeJob, out: str, todo: list[dict[str, str]], report: RunReport) -> None:
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from voxray.cluster import init_ray
-
-    started = init_ray(job.ray)
-    try:
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = job.progress
-        plan, actors, options = plan_tts_actors(job.resources, job.tts, len(todo), report)
-        todo = sorted(todo, key=lambda r: len(r["text"]), reverse=True)
-        batch = job.resources.rows_per_call
-        blocks = max(1, min(math.ceil(len(todo) / batch), 1000))
-        ds = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
-            SynthesizeActor,
-            fn_constructor_kwargs={
-                "options": options, "audio_root": _join(out, job.audio_dir), "fmt": job.format,
-            },
-            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-            batch_size=batch,
-            num_cpus=plan.num_cpus,
-            num_gpus=plan.num_gpus,
-            batch_format="numpy",
-        )
+    todo = sorted(todo, key=lambda r: len(r["text"]), reverse=True)  # longest first: the pool's tail is short
+    with tts_stage(
+        todo, SynthesizeActor, {"audio_root": join(out, job.audio_dir), "fmt": job.format},
+        ray_options=job.ray, resources=job.resources, tts=job.tts, report=report, max_blocks=1000,
+        ray_progress_bars=job.progress,
+    ) as ds:
         ds.write_parquet(out)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-# ---------------------------------------------------------------- CLI
-def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from voxray.cli import collect_options, print_json
-
-    job = SynthesizeJob(**collect_options(args))  # cli.main reports invalid options
-    if not job.inputs:
-        raise SystemExit("voxray synthesize: give at least one MANIFEST (CSV/JSONL/Parquet with 'text') or .txt")
-    report = run_synthesize(job)
-    print_json(report)
-    print(f"audio in {report['extra']['audio_dir']}, manifest shards and run.json in {report['out']}")
-    return 0 if report["processed"] == 0 or report["ok"] > 0 else 1
-
-
-def register(subparsers: Any) -> None:
-    from voxray.cli import add_options, restate_defaults
-
-    p = subparsers.add_parser(
-        "synthesize",
-        help="synthesize a text manifest into audio files with Kokoro (Ray Data job)",
-        description="Synthesize INPUTS (CSV/TSV/JSONL/Parquet manifests with id, text[, voice, lang, speed], "
-        "or .txt files with one utterance per line) into audio files plus Parquet shards in --out.",
-    )
-    add_options(p, SynthesizeJob, positional=("inputs",), skip=("job", "model", "decode_cpus"),
-                flatten=("tts", "ray", "resources"))
-    p.add_argument("--tts-model", dest="tts__model", default=None,
-                   help=TTSOptions.model_fields["model"].description)
-    restate_defaults(  # shared descriptions speak of audio inputs and ASR defaults
-        p, "resources", SynthesizeJob.model_fields["resources"].default_factory(), "TTS",  # type: ignore[misc]
-        {
-            "inputs": "manifests (CSV/TSV/JSONL/Parquet with 'text'; optional id, voice, lang, speed) or .txt",
-            "resources__actors": "model actors (default for TTS: one per GPU, else one single-threaded actor per CPU)",
-        },
-    )
-    p.set_defaults(_handler=_cmd_synthesize)

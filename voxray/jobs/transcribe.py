@@ -7,17 +7,26 @@ length -> decode + resample (CPU tasks, never in model actors) -> ASR actors (GP
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from voxray.config import ASROptions, TranscribeJob
+from voxray.asr.config import ASROptions
+from voxray.config import JobOptions
 from voxray.jobs.audio_stages import counter_deltas, run_audio_job
 
 logger = logging.getLogger("voxray.jobs.transcribe")
+
+
+class TranscribeJob(JobOptions):
+    """``voxray transcribe``: Korean ASR over a corpus, Parquet out."""
+
+    job: Literal["transcribe"] = "transcribe"
+    asr: ASROptions = Field(default_factory=ASROptions)
+
 
 SPAN = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
 SCHEMA = pa.schema(
@@ -69,33 +78,9 @@ def run_transcribe(job: TranscribeJob) -> dict[str, Any]:
     """Run the job to completion and return the ``run.json`` report as a dict."""
 
     def prepare() -> dict[str, Any]:
-        from voxray.models import resolve_hf_model
+        from voxray.model_sources import resolve_hf_model
 
         resolve_hf_model(job.asr.model, job.asr.revision)  # fail fast, with the fix-it message
         return {}
 
     return run_audio_job(job, "transcribe", job.asr, TranscribeActor, prepare, {"model": job.asr.model})
-
-
-# ---------------------------------------------------------------- CLI
-def _cmd_transcribe(args: argparse.Namespace) -> int:
-    from voxray.cli import collect_options, print_json
-
-    opts = collect_options(args)
-    job = TranscribeJob(**opts)
-    if not job.inputs:
-        raise SystemExit("voxray transcribe: give at least one INPUT (file, directory, glob, URL or manifest)")
-    report = run_transcribe(job)
-    print_json(report)
-    return 0 if report["processed"] == 0 or report["ok"] > 0 else 1
-
-
-def register(subparsers: Any) -> None:
-    from voxray.cli import add_options
-
-    p = subparsers.add_parser(
-        "transcribe", help="transcribe audio files with a wav2vec2 CTC model (Ray Data job)",
-        description="Transcribe INPUT... (files, dirs, globs, fsspec URLs, manifests) into Parquet shards in --out.",
-    )
-    add_options(p, TranscribeJob, positional=("inputs",), skip=("job",), flatten=("asr", "ray", "resources"))
-    p.set_defaults(_handler=_cmd_transcribe)

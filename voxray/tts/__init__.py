@@ -4,7 +4,7 @@ Importing this package loads nothing heavy: onnxruntime, misaki and espeak are i
 pipeline is built or a language is first used.
 """
 
-from voxray.tts.config import SynthesizeJob, TTSOptions
+from voxray.tts.config import TTSOptions
 from voxray.tts.pipeline import Synthesis, TTSPipeline, TTSResult
 
-__all__ = ["SynthesizeJob", "Synthesis", "TTSOptions", "TTSPipeline", "TTSResult"]
+__all__ = ["Synthesis", "TTSOptions", "TTSPipeline", "TTSResult"]

@@ -1,4 +1,7 @@
-"""Pydantic options for Kokoro TTS: one home for CLI flags, YAML job specs and HTTP request models."""
+"""Pydantic options for Kokoro TTS: one home for CLI flags, YAML job specs and HTTP request models.
+
+The synthesis job's own options (format, audio folder, resources) live in :mod:`voxray.jobs.synthesize`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from voxray.config import JobOptions, Options, ResourceOptions
+from voxray.config import Options
 
 SAMPLE_RATE = 24000
 MAX_TOKENS = 510  # Kokoro's limit: 512 positions including the two pad tokens
@@ -48,20 +51,3 @@ class TTSOptions(Options):
     level_fix: bool = Field(
         True, description="scale by 1/1.5 to undo the kokoro-onnx export's 1.5x output level"
     )
-
-
-def _tts_resources() -> ResourceOptions:
-    # One onnxruntime thread per actor and one actor per core: Kokoro's intra-op scaling is
-    # sublinear (measured: 2 threads ~1.5x of 1), so two 1-thread actors beat one 2-thread actor.
-    # Half a CPU reserved per actor leaves room for Ray Data's write tasks on a small machine.
-    return ResourceOptions(cpus_per_actor=0.5, threads_per_actor=1, rows_per_call=2)
-
-
-class SynthesizeJob(JobOptions):
-    """``voxray synthesize``: a text manifest (id, text[, voice, lang, speed]) -> audio files + Parquet."""
-
-    job: Literal["synthesize"] = "synthesize"
-    tts: TTSOptions = Field(default_factory=TTSOptions)
-    resources: ResourceOptions = Field(default_factory=_tts_resources)
-    format: AudioFormat = Field("wav", description="audio file format: wav | flac | ogg | mp3")
-    audio_dir: str = Field("audio", description="folder under --out for the audio files")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from voxray.errors import InferenceError, InputError, ModelUnavailableError
+from voxray.tts.config import SAMPLE_RATE
 
 logger = logging.getLogger("voxray.tts")
 
-SAMPLE_RATE = 24000
 LEVEL_DEFECT = 1.5
 _CLICK_SAMPLES = 16  # samples zeroed outright: the amplified region (~10) plus margin
 _TAIL_SAMPLES = 4  # the last 3 samples come out 1.4-1.5x too loud; fade them out

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from voxray.config import ASROptions
+from voxray.asr.config import ASROptions
+from voxray.audio import SAMPLE_RATE
 from voxray.deployments.config import DeploymentOptions
 
 logger = logging.getLogger("voxray.deployments")
-
-SAMPLE_RATE = 16000
 
 
 class BatchCounters:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Chunk:
+class AudioChunk:
     """Samples ``[start, end)`` go through the model; frames of ``[keep_start, keep_end)`` are kept."""
 
     start: int
@@ -22,7 +22,7 @@ class Chunk:
     keep_end: int
 
 
-def plan_chunks(num_samples: int, chunk: int, stride: int, frame: int) -> list[Chunk]:
+def plan_chunks(num_samples: int, chunk: int, stride: int, frame: int) -> list[AudioChunk]:
     """Chunks covering ``num_samples``; one chunk when the audio fits.
 
     ``frame`` is the encoder's samples-per-frame (e.g. 320); sizes are rounded down to it.
@@ -30,7 +30,7 @@ def plan_chunks(num_samples: int, chunk: int, stride: int, frame: int) -> list[C
     chunk = max(frame, chunk // frame * frame)
     stride = stride // frame * frame
     if num_samples <= chunk:
-        return [Chunk(0, num_samples, 0, num_samples)]
+        return [AudioChunk(0, num_samples, 0, num_samples)]
     step = chunk - 2 * stride
     if step <= 0:
         raise ValueError(f"stride {stride} leaves no centre in chunk {chunk}")
@@ -41,7 +41,7 @@ def plan_chunks(num_samples: int, chunk: int, stride: int, frame: int) -> list[C
         last = end == num_samples
         keep_start = 0 if start == 0 else start + stride
         keep_end = num_samples if last else end - stride
-        chunks.append(Chunk(start, end, keep_start, keep_end))
+        chunks.append(AudioChunk(start, end, keep_start, keep_end))
         if last:
             return chunks
         start += step

@@ -10,10 +10,9 @@ import logging
 import os
 from typing import Any
 
-from voxray.config import DEFAULT_ASR_MODEL
 from voxray.errors import ModelUnavailableError
 
-logger = logging.getLogger("voxray.models")
+logger = logging.getLogger("voxray.model_sources")
 
 
 def _offline_hint(model: str) -> str:
@@ -54,25 +53,6 @@ def resolve_hf_model(model: str, revision: str | None = None) -> str:
     except Exception as exc:
         logger.debug("hub download of %s failed: %r", model, exc)
         raise ModelUnavailableError(_offline_hint(model)) from None
-
-
-def describe_models() -> dict[str, Any]:
-    """What ``voxray models`` prints: defaults and whether each is available offline."""
-    info: dict[str, Any] = {"asr": {"default": DEFAULT_ASR_MODEL}}
-    try:
-        info["asr"]["local_path"] = resolve_hf_model(DEFAULT_ASR_MODEL)
-    except ModelUnavailableError as exc:
-        info["asr"]["available"] = False
-        info["asr"]["hint"] = exc.message
-    try:
-        from voxray.tts.assets import resolve_model
-
-        info["tts"] = {"default": "embedded", "local_path": str(resolve_model("embedded"))}
-    except ImportError:
-        info["tts"] = {"available": False, "hint": "install the TTS extra: pip install 'voxray[tts]'"}
-    except ModelUnavailableError as exc:
-        info["tts"] = {"default": "embedded", "available": False, "hint": exc.message}
-    return info
 
 
 def load_pretrained(auto_cls: Any, path: str, name: str, expected: str) -> Any:

@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+from voxray.cli.options import deep_merge
+
 DEFAULT_CONFIG = os.path.join("deployments", "serve.yaml")
 
 
@@ -26,7 +28,6 @@ def load_serve_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
-    from voxray.cli import deep_merge
     from voxray.cluster import init_ray
     from voxray.config import RayOptions
     from voxray.deployments.app import build_app

@@ -1,7 +1,6 @@
-"""``voxray audiobook BOOK --out DIR [--voice V] [--lang L] [--speed S] [--format m4b|mp3|wav]``.
+"""``voxray audiobook BOOK --out DIR``: a chaptered audiobook from a .txt/.md/.epub (Ray Data job).
 
-Flags come from :class:`voxray.audiobook.config.AudiobookJob` (TTS, Ray and resource options
-flattened, pauses as ``--pause-paragraph`` etc.); ``--dry-run`` prints the chapter/chunk plan.
+``--dry-run`` prints the chapter/chunk plan and synthesizes nothing.
 """
 
 from __future__ import annotations
@@ -9,10 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from voxray.cli.options import HelpRestatement, add_options, collect_options, print_json
+
 
 def _cmd_audiobook(args: argparse.Namespace) -> int:
-    from voxray.audiobook.config import AudiobookJob
-    from voxray.cli import collect_options, print_json
+    from voxray.jobs.audiobook import AudiobookJob
 
     opts = collect_options(args)
     dry_run = bool(opts.pop("dry_run", False))
@@ -42,8 +42,7 @@ def _cmd_audiobook(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from voxray.audiobook.config import AudiobookJob
-    from voxray.cli import add_options, restate_defaults
+    from voxray.jobs.audiobook import AudiobookJob
 
     p = subparsers.add_parser(
         "audiobook",
@@ -52,11 +51,12 @@ def register(subparsers: Any) -> None:
         "with chapter markers, chapters.json, subtitles.srt and run.json into --out. Rerun to resume.",
     )
     p.add_argument("book", help=AudiobookJob.model_fields["book"].description)
-    add_options(p, AudiobookJob, skip=("job", "book", "inject_failures"), flatten=("tts", "ray", "resources"))
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
-                   help="print the chapters and chunk plan, synthesize nothing")
-    restate_defaults(  # the shared resource descriptions state the ASR defaults
-        p, "resources", AudiobookJob.model_fields["resources"].default_factory(), "audiobooks",  # type: ignore[misc]
+    restate = HelpRestatement(  # the shared resource descriptions state the ASR defaults
+        "resources", AudiobookJob.model_fields["resources"].default_factory(), "audiobooks",  # type: ignore[call-arg,misc]
         {"resources__actors": "Kokoro actors (default: one per GPU, else one single-threaded actor per CPU)"},
     )
+    add_options(p, AudiobookJob, skip=("job", "book", "inject_failures"), flatten=("tts", "ray", "resources"),
+                restate=restate)
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                   help="print the chapters and chunk plan, synthesize nothing")
     p.set_defaults(_handler=_cmd_audiobook)

@@ -15,18 +15,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from voxray.audio import SAMPLE_RATE
+from voxray.encoder.batching import plan_batches
+from voxray.encoder.chunking import AudioChunk, plan_chunks
+from voxray.encoder.options import EncoderOptions
 from voxray.errors import InferenceError, InputError, VoxrayError
 
-if TYPE_CHECKING:  # voxray.asr imports this module: its planners are imported where used
-    from voxray.asr.chunking import Chunk
-
 logger = logging.getLogger("voxray.encoder")
-
-SAMPLE_RATE = 16000
 
 R = TypeVar("R")
 
@@ -52,22 +51,6 @@ class PaddingStats:
             "forward_passes": self.forward_passes,
             "items": self.items,
         }
-
-
-class EncoderOptions(Protocol):
-    """The option fields both ``ASROptions`` and ``EmbedOptions`` carry (duck-typed)."""
-
-    device: str
-    dtype: str
-    padding: str
-    threads: int | None
-    batch_seconds: float
-    max_batch_items: int
-    max_padding: float
-    chunk_s: float
-
-    @property
-    def effective_stride_s(self) -> float: ...
 
 
 def resolve_device(device: str) -> str:
@@ -116,7 +99,7 @@ class Piece:
     """One chunk of one input: ``owner`` indexes the input, ``keep`` the chunk's frames to keep."""
 
     owner: int
-    chunk: Chunk
+    chunk: AudioChunk
     keep: slice
 
 
@@ -168,14 +151,12 @@ class EncoderCore:
             return InputError(f"audio is too short: need at least {ms:.0f} ms")
         return None
 
-    def chunks(self, num_samples: int) -> list[Chunk]:
-        from voxray.asr.chunking import plan_chunks
-
+    def chunks(self, num_samples: int) -> list[AudioChunk]:
         chunk = int(self.options.chunk_s * SAMPLE_RATE)
         stride = int(self.options.effective_stride_s * SAMPLE_RATE)
         return plan_chunks(num_samples, chunk, stride, self.frame)
 
-    def keep_slice(self, chunk: Chunk, num_samples: int) -> slice:
+    def keep_slice(self, chunk: AudioChunk, num_samples: int) -> slice:
         """The chunk-local frames that belong to its keep region (all frames for a whole file)."""
         total = self.num_frames(num_samples)
         g0 = chunk.keep_start // self.frame
@@ -217,8 +198,6 @@ class EncoderCore:
 
     def run(self, audios: Sequence[np.ndarray | None], forward: Forward, take: Take) -> list[list[R] | VoxrayError]:
         """Per input: ``take`` results of its chunks in time order, or the error it raised."""
-        from voxray.asr.batching import plan_batches
-
         segments: list[np.ndarray] = []
         pieces: list[Piece] = []
         results: list[list[Any] | VoxrayError] = [[] for _ in audios]

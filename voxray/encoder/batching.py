@@ -28,24 +28,27 @@ class BatchPlan:
 
 
 def plan_batches(
-    lengths: Sequence[int],
-    max_batch_samples: int,
+    lengths: Sequence[float],
+    max_batch_samples: float,
     max_items: int = 64,
     policy: str = "mask",
     max_padding: float = 0.1,
+    order: Sequence[int] | None = None,
 ) -> BatchPlan:
     """Plan forward passes over items of the given lengths (samples).
 
-    Items are sorted by length; a batch closes when the next item would push its padded size
-    over ``max_batch_samples``, its size over ``max_items``, or its padding fraction
-    (padded / total samples) over ``max_padding``.
+    Items are taken in ``order`` (default: sorted by length); a batch closes when the next item
+    would push its padded size over ``max_batch_samples``, its size over ``max_items``, or its
+    padding fraction (padded / total samples) over ``max_padding``. Training passes its own
+    order (lengths with jitter, so batches differ per epoch) and ``max_padding=1``.
 
     An item longer than ``max_batch_samples`` still gets a batch of its own (the caller chunks
     long audio before planning, so this only happens with tiny budgets).
     """
     if policy not in ("mask", "exact", "none"):
         raise ValueError(f"unknown padding policy {policy!r}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     padded = total = 0
     current: list[int] = []
@@ -60,7 +63,7 @@ def plan_batches(
             padded += sum(longest - lengths[j] for j in current)
         current, longest, real = [], 0, 0
 
-    for i in order:
+    for i in map(int, order):
         n = lengths[i]
         if current:
             new_longest = max(longest, n)

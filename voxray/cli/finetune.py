@@ -1,12 +1,14 @@
-"""``voxray finetune``: flags derived from :class:`FinetuneJob` (see :func:`voxray.cli.add_options`)."""
+"""``voxray finetune``: CTC fine-tuning on Ray Train, flags derived from :class:`FinetuneJob`."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from voxray.cli.options import add_options, collect_options, print_json
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from voxray.cli import collect_options, print_json
     from voxray.finetune.config import FinetuneJob
     from voxray.finetune.train import run_finetune
 
@@ -16,9 +18,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``voxray finetune`` to the CLI (listed in ``voxray.cli.COMMAND_MODULES``)."""
-    from voxray.cli import add_options
+def register(subparsers: Any) -> None:
     from voxray.finetune.config import FinetuneJob
 
     parser = subparsers.add_parser(

@@ -1,0 +1,7 @@
+"""``python -m voxray.cli`` (the RayJob entrypoints and tests use it)."""
+
+import sys
+
+from voxray.cli import main
+
+sys.exit(main())

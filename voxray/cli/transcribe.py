@@ -1,0 +1,25 @@
+"""``voxray transcribe INPUT... --out DIR``: the Ray Data transcription job."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from voxray.cli.options import add_options, collect_options, run_corpus_job
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from voxray.jobs.transcribe import TranscribeJob, run_transcribe
+
+    return run_corpus_job("transcribe", TranscribeJob(**collect_options(args)), run_transcribe)
+
+
+def register(subparsers: Any) -> None:
+    from voxray.jobs.transcribe import TranscribeJob
+
+    p = subparsers.add_parser(
+        "transcribe", help="transcribe audio files with a wav2vec2 CTC model (Ray Data job)",
+        description="Transcribe INPUT... (files, dirs, globs, fsspec URLs, manifests) into Parquet shards in --out.",
+    )
+    add_options(p, TranscribeJob, positional=("inputs",), skip=("job",), flatten=("asr", "ray", "resources"))
+    p.set_defaults(_handler=_cmd_transcribe)
