@@ -126,8 +126,9 @@ class StreamingASR:
         """Share the model an :class:`~voxray.asr.ASRRunner` already loaded (same weights, same decoder)."""
         return cls(runner.model, runner.decoder, options, do_normalize=runner.do_normalize, policy=runner.policy)
 
-    def session(self) -> StreamSession:
-        return StreamSession(self)
+    def session(self, endpointing: bool = True, endpoint_s: float | None = None) -> StreamSession:
+        """A new stream. ``endpointing=False``: segments end only at :meth:`StreamSession.close_segment`."""
+        return StreamSession(self, endpointing, endpoint_s)
 
     # ------------------------------------------------------------------ model pieces
     def conv_features(self, samples: np.ndarray) -> np.ndarray:
@@ -193,8 +194,11 @@ class StreamSession:
     session its logits back with :meth:`accept`.
     """
 
-    def __init__(self, engine: StreamingASR) -> None:
+    def __init__(self, engine: StreamingASR, endpointing: bool = True, endpoint_s: float | None = None) -> None:
         self.engine = engine
+        self.endpointing = endpointing
+        spf = engine.seconds_per_frame
+        self.endpoint_frames = engine.endpoint_frames if endpoint_s is None else max(1, round(endpoint_s / spf))
         self.received = 0  # samples received (global sample index of the end of the stream)
         self._pending: list[np.ndarray] = []  # raw samples received since the last step
         self._raw = np.zeros(0, dtype=np.float32)  # raw samples from global index self._raw_start
@@ -219,6 +223,7 @@ class StreamSession:
         self._seg_start_frame = 0
         self._blank_run = 0
         self._speech = False
+        self._speech_start = 0
 
     # ------------------------------------------------------------------ public API
     def feed(self, pcm: np.ndarray) -> list[StreamEvent]:
@@ -239,6 +244,11 @@ class StreamSession:
     def speaking(self) -> bool:
         """True while the open segment has speech in it (for VAD events)."""
         return self._speech
+
+    @property
+    def speech_start_s(self) -> float | None:
+        """Stream time of the open segment's first non-blank frame (None before speech)."""
+        return self._speech_start * self.engine.seconds_per_frame if self._speech else None
 
     def push(self, pcm: np.ndarray, final: bool = False) -> list[Window]:
         """Buffer ``pcm``; return the windows whose chunk (and lookahead) are now complete."""
@@ -356,11 +366,13 @@ class StreamSession:
             self._prev_id = tok
             silent = tok == d.blank_id or (tok < len(d.vocab) and d.vocab[tok] == d.word_delimiter)
             self._blank_run = self._blank_run + 1 if silent else 0
-            if not silent:
-                self._speech = True
+            if not silent and not self._speech:
+                self._speech, self._speech_start = True, frame
             seg_frames = frame + 1 - self._seg_start_frame
             longest = self.engine.max_segment_frames
-            if self._speech and self._blank_run >= self.engine.endpoint_frames:
+            if not self.endpointing:
+                continue
+            if self._speech and self._blank_run >= self.endpoint_frames:
                 events += self._close_segment(end_frame=frame + 1)
             elif seg_frames >= longest and (silent or seg_frames >= longest + longest // 4):
                 events += self._close_segment(end_frame=frame + 1)  # at a pause if one comes soon
