@@ -264,3 +264,12 @@ def test_cli_dry_run(capsys, tmp_path):
     assert plan["chapters"][1]["title"] == "Youth" and plan["characters"] >= 20_000
     assert cli.main(["audiobook", str(tmp_path / "missing.epub"), "--out", str(tmp_path / "o")]) == 2  # user error
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unclosed_code_fence_is_read_not_dropped():
+    from voxray.audiobook.book import parse_markdown
+
+    book = parse_markdown("# One\n\nFirst.\n\n```\nSwallowed by a stray fence.\n\nStill the book.\n", "b.md")
+    assert book.chapters[0].paragraphs[-2:] == ["Swallowed by a stray fence.", "Still the book."]
+    closed = parse_markdown("# One\n\nFirst.\n\n```\ncode = 1\n```\n\nAfter.\n", "b.md")
+    assert closed.chapters[0].paragraphs[-2:] == ["First.", "After."]  # real code is still skipped

@@ -128,7 +128,8 @@ def _markdown_blocks(text: str) -> list[tuple[int, int, str]]:
     """(heading level or 0, first line (0-based), plain text) of every text block, in order.
 
     Headings count only at the top level (one inside a quote or a list is a paragraph); fenced
-    code is not read; each paragraph, list item paragraph or raw HTML block is one block.
+    code is not read (but an unclosed fence's text is); each paragraph, list item paragraph or raw
+    HTML block is one block.
     """
     tokens = _markdown_parser().parse(text)
     blocks: list[tuple[int, int, str]] = []
@@ -141,8 +142,11 @@ def _markdown_blocks(text: str) -> list[tuple[int, int, str]]:
         elif tok.type == "html_block" and tok.content.strip():
             blocks.append((0, tok.map[0], _html_text(tok.content)))
         elif tok.type == "fence" and not _fence_closed(tok, lines):
-            logger.warning("line %d: a code fence (%s) is never closed: the text after it (in its block) is not read",
+            # a stray fence in a book is a typo, not code: read what it swallowed rather than drop it
+            logger.warning("line %d: a code fence (%s) is never closed: reading the text after it as prose",
                            tok.map[0] + 1, tok.markup)
+            for k, para in enumerate(p for p in re.split(r"\n\s*\n", tok.content) if p.strip()):
+                blocks.append((0, tok.map[0] + 1 + k, " ".join(para.split())))
     return blocks
 
 
