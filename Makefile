@@ -8,9 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.voxray-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench clean train-demo-model
+.PHONY: setup test test-fast lint demo bench clean train-demo-model web
 
-setup: $(STAMP)
+setup: $(STAMP) web
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[tts,dev]"
 	touch $(STAMP)
 
-test: lint
+test: lint web
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -29,6 +29,18 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check voxray tests benchmarks scripts
 	$(BIN)/lint-imports
+
+# The page (web/src -> voxray/web_static, bundled by esbuild from the lockfile's npm packages) and the
+# node side of the Kokoro parity suite (onnxruntime-node); needs node + npm.
+WEB_STAMP := web/node_modules/.voxray-npm-ci
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+web: $(WEB_STAMP) voxray/web_static/app.js
+
+voxray/web_static/app.js: $(WEB_STAMP) $(wildcard web/src/*) web/build.mjs
+	cd web && node build.mjs
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -26,7 +26,7 @@ def _audios():
 
 def test_layer_norm_model_uses_mask_and_padded_batch_equals_alone(layer_model):
     runner = ASRRunner(ASROptions(model=layer_model, batch_seconds=1000, max_padding=1.0))
-    assert runner.policy == "mask"
+    assert runner.policy == "mask" and runner.backend == "torch"  # auto: a torch checkpoint runs on torch
     audios = _audios()
     batched = runner.logits(audios)
     assert runner.stats.forward_passes == 1 and runner.stats.padded_frames > 0  # really padded
@@ -140,3 +140,16 @@ def test_columnar_call_keeps_per_item_errors(layer_model):
     assert out["error"][1] == "decode: broken" and out["text"][1] is None
     assert out["error"][2].startswith("bad_input: audio is too short")
     assert "audio" not in out and out["id"] == ["a", "b", "c"]
+
+
+def test_backend_and_dtype_have_one_home_shared_with_embeddings():
+    """``backend``/``dtype`` are declared once (EncoderOptions); ASR and embedding options inherit them,
+    so jobs, Serve and the CLI (which derive from these models) all get ``--backend``."""
+    from voxray.embed.config import EmbedOptions
+    from voxray.encoder.options import EncoderOptions
+
+    for field in ("backend", "dtype", "threads"):
+        assert field in EncoderOptions.model_fields
+        assert field not in ASROptions.__annotations__ and field not in EmbedOptions.__annotations__
+    assert ASROptions().backend == EmbedOptions().backend == "auto"
+    assert ASROptions(dtype="int8").backend == "auto"  # auto + int8 resolves to onnx at load

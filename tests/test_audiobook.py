@@ -230,15 +230,15 @@ def test_resume_after_interruption_is_identical(full_run):
 @pytest.mark.slow
 def test_failed_chunk_is_reported_and_silent(ray_cluster, tmp_path):
     import soundfile as sf
+    from job_faults import FlakyAudiobookActor
 
     from voxray.jobs.audiobook import run_audiobook
 
     book = tmp_path / "short.txt"
     book.write_text("CHAPTER 1\n\nThe first line.\n\nThe second line.\n\nThe third line.\n", encoding="utf-8")
-    # 000-00002 fails on both attempts; 000-00003 fails once and its retry succeeds
-    job = _job(book, tmp_path / "out", format="wav", inject_failures={"000-00002": 2, "000-00003": 1},
-               pause={"paragraph": 0.5, "chapter": 2.0, "failed_chunk": 1.5})
-    report = run_audiobook(job)
+    # 000-00002 fails on both attempts; 000-00003 fails once and its retry succeeds (a test subclass)
+    job = _job(book, tmp_path / "out", format="wav", pause={"paragraph": 0.5, "chapter": 2.0, "failed_chunk": 1.5})
+    report = run_audiobook(job, actor_cls=FlakyAudiobookActor)
     extra = report["extra"]
     assert extra["complete"] and report["errors"] == 1 and report["ok"] == 3
     (failure,) = extra["failed_chunks"]

@@ -6,7 +6,8 @@ the actor, but Ray schedules by the advertised resource). Jobs are driven from a
 this test never touches the pytest process's own Ray session (the ``ray_cluster`` fixture):
 
 - transcription: a driver connected with ``RayOptions(address=...)``; its model actor asks
-  ``num_gpus`` and must land on worker 2, its decode/write tasks elsewhere too.
+  ``num_gpus`` and must land on worker 2, its decode tasks elsewhere too (the GPU is logical, so
+  the actor is the tests' ``LogicalGPUTranscribeActor``: Ray schedules by the resource, torch runs on CPU).
 - synthesis: submitted through the Job Submission API as ``voxray run SPEC --out DIR``, exactly
   what a KubeRay RayJob does; two 2-CPU TTS actors can only fit on two different workers.
 
@@ -79,7 +80,9 @@ def local_cluster() -> Iterator[dict[str, Any]]:
 
 DRIVER = r"""
 import json, os, sys, time
+sys.path.insert(0, os.environ["VOXRAY_TESTS"])
 import ray
+from job_faults import LogicalGPUTranscribeActor
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes, list_tasks
 from voxray.asr.config import ASROptions
@@ -99,7 +102,7 @@ job = TranscribeJob(
     asr=ASROptions(model=model, threads=1),
     resources=ResourceOptions(cpus_per_actor=2),  # with its GPU, the actor takes all of worker 2
 )
-result["asr_report"] = run_transcribe(job)
+result["asr_report"] = run_transcribe(job, actor_cls=LogicalGPUTranscribeActor)  # a logical GPU: no CUDA
 result["asr_s"] = time.perf_counter() - t0
 ray.shutdown()
 
@@ -168,7 +171,7 @@ def test_jobs_run_across_local_cluster_nodes(local_cluster: dict[str, Any], tmp_
 
     model, wavs, spec, n_wavs, n_rows = _write_inputs(tmp_path)
     asr_out, tts_out = tmp_path / "asr", tmp_path / "tts"
-    env = {**local_cluster["env"], "RAY_AUTH_MODE": local_cluster["RAY_AUTH_MODE"]}
+    env = {**local_cluster["env"], "RAY_AUTH_MODE": local_cluster["RAY_AUTH_MODE"], "VOXRAY_TESTS": str(ROOT / "tests")}
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, local_cluster["RAY_ADDRESS"], local_cluster["DASHBOARD"], model, wavs,
          str(asr_out), spec, str(tts_out)],
@@ -191,13 +194,14 @@ def test_jobs_run_across_local_cluster_nodes(local_cluster: dict[str, Any], tmp_
     where = result["asr_where"]
     model_actors = [a["node"] for a in where["actors"] if "TranscribeActor" in a["class"]]
     assert model_actors == [gpu_node], where["actors"]
-    decode_nodes = {t["node"] for t in where["tasks"] if "decode_batch" in t["name"]}
-    write_nodes = {t["node"] for t in where["tasks"] if t["name"].startswith("Write")}
-    assert decode_nodes and write_nodes
-    used = decode_nodes | write_nodes | set(model_actors)
+    assert report["extra"]["actor_nodes"] == [gpu_node]
+    decode_nodes = {t["node"] for t in where["tasks"] if "decode_stage" in t["name"]}
+    probe_nodes = {t["node"] for t in where["tasks"] if "probe_block" in t["name"]}
+    assert decode_nodes and probe_nodes
+    used = decode_nodes | probe_nodes | set(model_actors)
     assert len(used) >= 2, f"transcription ran on one node only: {used}"
-    # while the actor held worker 2's CPUs, writes had to go elsewhere
-    assert write_nodes - {gpu_node}, write_nodes
+    # while the actor held worker 2's CPUs, decoding had to go elsewhere (results are committed by the driver)
+    assert decode_nodes - {gpu_node}, decode_nodes
 
     # synthesis via the Job Submission API: two 2-CPU actors on the two workers, never the head
     assert result["tts_status"] == "SUCCEEDED", result["tts_logs"]

@@ -40,7 +40,7 @@ def _encoder_outputs(model_dir, audio, embedder):
 @pytest.mark.parametrize("pooling", ["mean", "mean+std", "max"])
 def test_masked_pooling_in_padded_batch_equals_alone(layer_model, pooling):
     embedder = Embedder(EmbedOptions(model=layer_model, pooling=pooling, **WIDE))
-    assert embedder.core.policy == "mask"
+    assert embedder.core.policy == "mask" and embedder.backend == "torch"
     audios = _audios()
     batched = embedder.embed(audios)
     assert embedder.stats.forward_passes == 1 and embedder.stats.padded_frames > 0  # really padded
@@ -197,3 +197,15 @@ def test_columnar_call_keeps_per_item_errors(layer_model):
     assert out["layer"] == ["-1"] * 3 and out["pooling"] == ["mean"] * 3 and out["model"] == [layer_model] * 3
     assert "audio" not in out and out["id"] == ["a", "b", "c"] and out["duration_s"][0] == pytest.approx(1.0)
     assert embedder.embed(batch)["error"] == out["error"]  # embed() takes the columnar form too
+
+
+def test_injected_torch_encoder_runs_on_onnx_when_asked(layer_model):
+    """An injected model (a Serve replica's) with ``backend=onnx`` is exported to a temporary dir."""
+    from transformers import AutoModel
+
+    audios = _audios()[:3]
+    ref = Embedder(EmbedOptions(model=layer_model)).embed(audios)
+    embedder = Embedder(EmbedOptions(model=layer_model, backend="onnx"), model=AutoModel.from_pretrained(layer_model))
+    assert embedder.backend == "onnx"
+    for a, b in zip(ref, embedder.embed(audios), strict=True):
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-4, rtol=0)

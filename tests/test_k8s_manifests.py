@@ -340,17 +340,81 @@ def test_rayservice_source_equals_deployments_serve_yaml():
     assert yaml.safe_load(raw["spec"]["serveConfigV2"]) == _serve_yaml()
 
 
+GPU_SERVE_CHANGES = K8S / "overlays" / "gpu" / "serve-changes.yaml"
+GPU_SERVE_PATCH = K8S / "overlays" / "gpu" / "serve-gpu.yaml"
+
+
+def declared_serve_changes(overlay: str) -> list[dict[str, Any]]:
+    """The changes an overlay declares to deployments/serve.yaml (none unless it has a serve-changes.yaml)."""
+    path = K8S / "overlays" / overlay / "serve-changes.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else []
+
+
+def apply_serve_changes(config: dict[str, Any], changes: list[dict[str, Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    for change in changes:
+        *steps, last = change["path"]
+        node: Any = out
+        for step in steps:
+            node = next(x for x in node if x.get("name") == step) if isinstance(node, list) else node[step]
+        node[last] = change["value"]
+    return out
+
+
+def write_gpu_serve() -> None:
+    """Regenerate the GPU overlay's serveConfigV2 patch from deployments/serve.yaml + serve-changes.yaml."""
+    config = apply_serve_changes(_serve_yaml(), declared_serve_changes("gpu"))
+    text = yaml.safe_dump(config, sort_keys=False, width=120)
+    body = "".join(f"    {line}\n" for line in text.splitlines())
+    GPU_SERVE_PATCH.write_text(
+        "# GENERATED from deployments/serve.yaml + serve-changes.yaml; do not edit. Regenerate with\n"
+        "#   python tests/test_k8s_manifests.py --write-gpu-serve\n"
+        "- op: replace\n  path: /spec/serveConfigV2\n  value: |\n" + body
+    )
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_serve_config_v2_equals_deployments_serve_yaml(overlay):
+def test_serve_config_v2_is_deployments_serve_yaml_modulo_declared_changes(overlay):
     (svc,) = objects(overlay, "RayService")
     assert isinstance(svc["spec"]["serveConfigV2"], str)  # KubeRay takes it as a YAML string
-    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == _serve_yaml()
+    expected = apply_serve_changes(_serve_yaml(), declared_serve_changes(overlay))
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == expected, (
+        f"{overlay}: serveConfigV2 drifted from deployments/serve.yaml + its declared changes; "
+        "run `python tests/test_k8s_manifests.py --write-gpu-serve`"
+    )
     assert svc["spec"]["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade")
     port = _serve_yaml()["http_options"]["port"]
     assert [p["port"] for p in svc["spec"]["serveService"]["spec"]["ports"]] == [port]
     (ingress,) = objects(overlay, "Ingress")
     backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
     assert backends == [{"name": svc["spec"]["serveService"]["metadata"]["name"], "port": {"number": port}}]
+
+
+def test_gpu_overlay_serves_asr_and_embeddings_on_gpus():
+    from voxray.deployments.config import ServeAppConfig
+
+    (svc,) = objects("gpu", "RayService")
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    config = ServeAppConfig(**app["args"])
+    assert config.asr_deployment.num_gpus >= 0.5 and config.embed_deployment.num_gpus >= 0.5
+    assert {c["path"][-2] for c in declared_serve_changes("gpu")} == {"asr_deployment", "embed_deployment"}
+    # the replicas' GPUs exist in that cluster: a GPU group scaling from zero
+    gpu_groups = [g for _, g in groups(ray_cluster_specs(svc)) if int(g["rayStartParams"].get("num-gpus", 0))]
+    assert gpu_groups and all(g["minReplicas"] == 0 for g in gpu_groups)
+    (cpu_svc,) = objects("cpu-dev", "RayService")
+    (cpu_app,) = yaml.safe_load(cpu_svc["spec"]["serveConfigV2"])["applications"]
+    assert ServeAppConfig(**cpu_app["args"]).asr_deployment.num_gpus == 0  # no GPUs there
+
+
+def test_gpu_batch_jobs_scale_their_gpu_workers_from_zero():
+    """Elastic pools: a GPU RayJob starts on the workers it finds and grows as the autoscaler adds
+    more; autoscaler v2 publishes the groups' capacity, which ``--device auto`` reads."""
+    for name in ("voxray-transcribe", "voxray-embed"):
+        (job,) = [j for j in objects("gpu", "RayJob") if j["metadata"]["name"] == name]
+        spec = job["spec"]["rayClusterSpec"]
+        assert spec["autoscalerOptions"]["version"] == "v2" and spec["enableInTreeAutoscaling"] is True
+        (gpu,) = [g for _, g in groups(spec) if int(g["rayStartParams"].get("num-gpus", 0))]
+        assert gpu["minReplicas"] == 0 < gpu["replicas"] < gpu["maxReplicas"], gpu
 
 
 def test_serve_import_paths_import_and_args_parse():
@@ -482,5 +546,12 @@ def test_local_sh_is_valid_bash_and_never_runs_ray_stop():
 
 def test_readme_documents_the_knobs():
     text = (K8S / "README.md").read_text()
-    for needle in ("kubectl apply -k k8s/overlays/gpu", "--gpus-per-actor", "docker build", "plan_actors"):
+    for needle in ("kubectl apply -k k8s/overlays/gpu", "--gpus-per-actor", "--device", "--min-actors", "docker build",
+                   "plan_pool"):
         assert needle in text, needle
+
+
+if __name__ == "__main__":  # python tests/test_k8s_manifests.py --write-gpu-serve
+    if sys.argv[1:] == ["--write-gpu-serve"]:
+        write_gpu_serve()
+        print(f"wrote {GPU_SERVE_PATCH.relative_to(ROOT)}")

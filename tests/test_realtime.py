@@ -263,3 +263,21 @@ def test_disconnect_frees_the_session_and_concurrent_sessions_read_like_alone(re
     assert together == alone
     stats = httpx.get(stats_url, timeout=30).json()
     assert stats["live_sessions"] == 0 and stats["windows_per_forward"] > 1.0  # sessions shared forwards
+
+
+def test_listen_command_against_the_server(realtime, clips, tmp_path):
+    import subprocess
+    import sys
+
+    from voxray.audio import write_audio
+
+    clip = tmp_path / "clip.wav"
+    write_audio(str(clip), clips[0], SAMPLE_RATE)
+    out = subprocess.run([sys.executable, "-m", "voxray.cli", "listen", str(clip), "--server", f"http://{realtime}",
+                          "--api-key", KEY], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines and " ".join(lines).replace(" ", "") == _offline(clips[0], rate=SAMPLE_RATE).replace(" ", "")
+    bad = subprocess.run([sys.executable, "-m", "voxray.cli", "listen", str(clip), "--server", f"http://{realtime}",
+                          "--api-key", "wrong"], capture_output=True, text=True, timeout=180)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "API key" in bad.stderr

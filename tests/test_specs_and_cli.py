@@ -61,5 +61,5 @@ def test_actor_planning_by_resources():
     assert packed.actors == 32
     cpu = plan_actors(ResourceOptions(), {"CPU": 2})
     assert (cpu.actors, cpu.num_gpus, cpu.threads) == (1, 0.0, 2)
-    with pytest.raises(ValueError, match="no GPUs"):
-        plan_actors(ResourceOptions(gpus_per_actor=1), {"CPU": 4})
+    asked = plan_actors(ResourceOptions(gpus_per_actor=1), {"CPU": 4})  # GPUs are asked for, not found first
+    assert (asked.actors, asked.num_gpus) == (1, 1.0)

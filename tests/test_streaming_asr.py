@@ -162,3 +162,27 @@ def test_a_pause_closes_a_segment_and_long_speech_is_cut(shipped):
     events = session.feed(np.concatenate(audios[:4])) + session.finish()
     finals = [e for e in events if e.kind == "final"]
     assert len(finals) >= 4 and all(f.end_s - f.start_s <= 1.25 + 1e-6 for f in finals)
+
+
+def test_listen_command_prints_each_final_and_json_events(shipped, capsys, tmp_path, monkeypatch):
+    import io
+    import json
+
+    from voxray.cli import main
+
+    runner, audios, _ = shipped
+    clip = str(CLIPS / "espeak" / "rt-003.flac")
+    assert main(["listen", clip, "--model", str(SHIPPED)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    session = StreamingASR.from_runner(runner).session()
+    expected = [e.text for e in session.feed(decode_audio(clip)) + session.finish() if e.kind == "final"]
+    assert printed == expected and expected
+
+    pcm = (np.clip(audios[3], -1, 1) * 32767).astype("<i2").tobytes()  # raw pcm16 on stdin, as from ffmpeg
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(pcm)))
+    assert main(["listen", "-", "--model", str(SHIPPED), "--json", "--chunk-s", "0.32"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["type"] == "final" and events[-1]["text"] == "".join(e["text"] for e in events[:-1])
+
+    assert main(["listen", str(tmp_path / "missing.wav"), "--model", str(SHIPPED)]) == 2  # one line, no traceback
+    assert "not found" in capsys.readouterr().err

@@ -99,3 +99,33 @@ def test_cli_offline_model_error_is_clear(tmp_path):
     assert proc.returncode == 2
     assert "kresnik/wav2vec2-large-xlsr-korean" in proc.stderr and "--model DIR" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+RAY_NOISE = ("Token authentication", "core_worker.cc", "Progress bars disabled", "streaming_executor",
+             "max_restarts > 0", "RayDeprecationWarning", "Started a local Ray instance")
+
+
+def test_cli_json_stdout_is_pure_and_the_console_is_voxrays(corpus, tmp_path):
+    """A real local Ray started by the CLI: stdout is the report and nothing else; stderr has the
+    progress line and no Ray chatter; a GPU job on this GPU-less machine fails in one line."""
+    root, files, model = corpus
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    base = [sys.executable, "-m", "voxray.cli", "transcribe", *files["good"][:6], files["bad"][0],
+            "--out", str(tmp_path / "o"), "--model", model]
+    proc = subprocess.run(base + ["--json", "--progress", "--commit-s", "1"], capture_output=True, text=True,
+                          env=env, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)  # the whole of stdout is one JSON document
+    assert report["processed"] == 7 and report["errors"] == 1 and report["extra"]["device"] == "cpu"
+    assert "transcribe: 7/7 rows" in proc.stderr, proc.stderr[-2000:]
+    for noise in RAY_NOISE:
+        assert noise not in proc.stderr, f"{noise!r} reached the console:\n{proc.stderr[-3000:]}"
+    human = subprocess.run(base + ["--quiet"], capture_output=True, text=True, env=env, timeout=400)
+    assert human.returncode == 0 and human.stdout.startswith("voxray transcribe: 0 rows"), human.stdout
+    assert "7 already done" in human.stdout and not human.stderr.strip(), human.stderr
+
+    fresh = [str(tmp_path / "g") if a == str(tmp_path / "o") else a for a in base]
+    gpu = subprocess.run(fresh + ["--device", "gpu"], capture_output=True, text=True, env=env, timeout=120)
+    assert gpu.returncode == 2 and gpu.stdout == ""
+    lines = gpu.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxray: error: the job asks for GPUs"), gpu.stderr

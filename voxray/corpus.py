@@ -1,7 +1,8 @@
 """Input listing for batch jobs: files, directories, globs, fsspec URLs and manifests -> rows.
 
 Below the runners and the jobs (no Ray): fine-tuning data, the batch jobs and the tools all list
-inputs the same way, with the same ids.
+inputs the same way, with the same ids. :func:`input_table` is the columnar form the batch jobs use:
+a million-row manifest becomes three Arrow columns (id, path, duration_s), never a million dicts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxray.errors import InputError
@@ -107,3 +110,132 @@ def dedupe_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen[row["id"]] = row.get("path")
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------- columnar listing (batch jobs)
+INPUT_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("duration_s", pa.float64())])
+
+
+def _read_manifest_table(url: str) -> pa.Table:
+    """A manifest's ``id``, ``path`` and ``duration_s`` columns (missing ones as nulls), columnar."""
+    import fsspec
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    lower = url.lower()
+    wanted = INPUT_SCHEMA.names
+    try:
+        with fsspec.open(url, "rb") as fh:
+            if lower.endswith(".parquet"):
+                names = pq.read_schema(fh).names
+                fh.seek(0)
+                table = pq.read_table(fh, columns=[c for c in wanted if c in names])
+            elif lower.endswith((".jsonl", ".ndjson")):
+                try:
+                    table = pajson.read_json(fh, parse_options=pajson.ParseOptions(
+                        explicit_schema=INPUT_SCHEMA, unexpected_field_behavior="ignore"))
+                except pa.ArrowInvalid:  # mixed types (numeric ids): column lists, still no dict per row
+                    fh.seek(0)
+                    table = _jsonl_columns(fh, url)
+                names = [c for c in wanted if table.column(c).null_count < table.num_rows]
+            else:
+                delimiter = "\t" if lower.endswith(".tsv") else ","
+                header = fh.readline().decode("utf-8-sig")
+                names = next(csv.reader([header], delimiter=delimiter), [])
+                fh.seek(0)
+                present = [c for c in wanted if c in names]
+                table = pacsv.read_csv(
+                    fh,
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={c: t for c, t in zip(wanted, INPUT_SCHEMA.types, strict=True) if c in present},
+                        include_columns=present, strings_can_be_null=True,
+                    ),
+                )
+    except FileNotFoundError as exc:
+        raise InputError(f"manifest not found: {url}") from exc
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise InputError(f"{url}: cannot read the manifest: {exc}") from exc
+    if "path" not in names:
+        raise InputError(f"{url}: a manifest needs a 'path' column (found {sorted(names)})")
+    n = table.num_rows
+    cols = {}
+    for name, typ in zip(INPUT_SCHEMA.names, INPUT_SCHEMA.types, strict=True):
+        if name in table.column_names:
+            try:
+                cols[name] = table.column(name).cast(typ)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(f"{url}: column {name!r} must be a {typ}: {exc}") from exc
+        else:
+            cols[name] = pa.nulls(n, typ)
+    return pa.table(cols, schema=INPUT_SCHEMA)
+
+
+def _jsonl_columns(fh: Any, url: str) -> pa.Table:
+    cols: dict[str, list[Any]] = {c: [] for c in INPUT_SCHEMA.names}
+    for n, line in enumerate(io.TextIOWrapper(fh, encoding="utf-8-sig"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{url}: line {n} is not valid JSON: {exc.msg}") from exc
+        for c in INPUT_SCHEMA.names:
+            v = rec.get(c)
+            cols[c].append(v if v is None or c == "duration_s" else str(v))
+    return pa.table(cols, schema=INPUT_SCHEMA)
+
+
+def _manifest_rows(url: str) -> pa.Table:
+    """Ids defaulted, relative paths resolved, with Arrow kernels: Python touches only the rows that need it."""
+    table = _read_manifest_table(url)
+    path = table.column("path").combine_chunks()
+    empty = pc.fill_null(pc.equal(path, ""), True)
+    if pc.any(empty).as_py():
+        first = pc.index(empty, True).as_py()
+        raise InputError(f"{url}: row {first + 1} has no 'path'")
+    if not is_remote(url):  # relative paths in a local manifest are relative to the manifest
+        relative = pc.invert(pc.or_(pc.starts_with(path, "/"), pc.match_substring(path, "://")))
+        if pc.any(relative).as_py():
+            base = os.path.dirname(url)
+            idx = pc.indices_nonzero(relative).to_pylist()
+            fixed = [os.path.normpath(os.path.join(base, p)) for p in pc.take(path, idx).to_pylist()]
+            values = path.to_pylist() if len(idx) < len(path) else fixed
+            if len(idx) < len(path):
+                for i, p in zip(idx, fixed, strict=True):
+                    values[i] = p
+            path = pa.array(values, pa.string())
+    ids = table.column("id").combine_chunks()
+    missing = pc.fill_null(pc.equal(ids, ""), True)
+    if pc.any(missing).as_py():
+        idx = pc.indices_nonzero(missing).to_pylist()
+        values = ids.to_pylist()
+        for i, p in zip(idx, pc.take(path, idx).to_pylist(), strict=True):
+            values[i] = _stem_id(p, None)
+        ids = pa.array(values, pa.string())
+    return pa.table({"id": ids, "path": path, "duration_s": table.column("duration_s")}, schema=INPUT_SCHEMA)
+
+
+def input_table(inputs: Sequence[str], extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> pa.Table:
+    """The batch jobs' input listing: one row per input with a unique ``id``, ``path`` and the
+    manifest's ``duration_s`` when it has one (else null: the job probes it in parallel tasks).
+
+    Same ids as :func:`expand_inputs`. Manifests are read by Arrow, column by column.
+    """
+    tables: list[pa.Table] = []
+    for item in inputs:
+        if item.lower().endswith(MANIFEST_EXTENSIONS):
+            tables.append(_manifest_rows(item))
+            continue
+        rows = expand_inputs([item], extensions)
+        tables.append(pa.table({"id": [r["id"] for r in rows], "path": [str(r["path"]) for r in rows],
+                                "duration_s": pa.nulls(len(rows), pa.float64())}, schema=INPUT_SCHEMA))
+    if not tables:
+        return INPUT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks()
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return table
+    rows = dedupe_ids([{"id": i, "path": p, "duration_s": d} for i, p, d in zip(
+        table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("duration_s").to_pylist(),
+        strict=True)])
+    return pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)

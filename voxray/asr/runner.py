@@ -3,7 +3,8 @@
 Imports no Ray and no HTTP: batch jobs wrap it for ``map_batches``, Serve wraps it behind
 ``@serve.batch``. Batching is length-aware and the padding policy is read from the model config
 (see :mod:`voxray.encoder.batching`); long audio is chunked and stitched at the logit level. The
-forward/batching/chunking machinery is shared with the embedder (:mod:`voxray.encoder`).
+forward/batching/chunking machinery is shared with the embedder (:mod:`voxray.encoder`), and so
+is the backend: torch, or onnxruntime on a `voxray export` directory (``backend``).
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from voxray.encoder.core import (  # re-exported: part of this module's public A
     EncoderCore,
     PaddingStats,
     padding_policy,
+    resolve_backend,
     resolve_device,
     resolve_dtype,
 )
+from voxray.encoder.onnx_backend import OnnxEncoder, load_onnx_encoder
+from voxray.encoder.onnx_export import is_onnx_export
 from voxray.errors import ModelUnavailableError, VoxrayError, row_error
 from voxray.model_sources import load_pretrained, resolve_hf_model
 
 logger = logging.getLogger("voxray.asr")
 
 
-__all__ = ["ASRResult", "ASRRunner", "PaddingStats", "padding_policy", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "ASRResult", "ASRRunner", "PaddingStats", "padding_policy", "resolve_backend", "resolve_device", "resolve_dtype",
+]
 
 
 @dataclass
@@ -48,7 +54,9 @@ class ASRRunner:
     """Load a CTC model once; transcribe lists of 16 kHz arrays or columnar batches.
 
     ``model`` (a loaded ``*ForCTC``) and ``processor`` may be injected, e.g. by tests or by a
-    Serve replica that already holds them; otherwise they load from ``options.model``.
+    Serve replica that already holds them; otherwise they load from ``options.model``. With the
+    onnx backend, ``model`` is an :class:`~voxray.encoder.onnx_backend.OnnxEncoder` (streaming can
+    call its ``conv_features``/``from_features`` halves); an injected torch model is exported first.
     """
 
     def __init__(
@@ -59,8 +67,16 @@ class ASRRunner:
         processor: Any = None,
     ) -> None:
         self.options = options or ASROptions()
+        path = None
         if model is None or processor is None:
-            model, processor = self._load(self.options.model, self.options.revision)
+            path = resolve_hf_model(self.options.model, self.options.revision)
+        self.backend = resolve_backend(self.options, path)
+        if path is not None and self.backend == "onnx" and is_onnx_export(path):
+            model, processor = None, self._load_processor(path, self.options.model)
+        elif path is not None:
+            model, processor = self._load(path, self.options.model)
+        if self.backend == "onnx" and not isinstance(model, OnnxEncoder):
+            model = load_onnx_encoder(self.options, path, torch_model=model)
         self.processor = processor
         fe = getattr(processor, "feature_extractor", processor)
         fe_rate = getattr(fe, "sampling_rate", SAMPLE_RATE)
@@ -68,29 +84,35 @@ class ASRRunner:
             raise ModelUnavailableError(f"model expects {fe_rate} Hz audio; voxray feeds {SAMPLE_RATE} Hz")
         self.core = EncoderCore(model, self.options, do_normalize=bool(getattr(fe, "do_normalize", True)))
         self.model = self.core.model
+        self.backend = self.core.backend
         self.device, self.dtype, self.policy = self.core.device, self.core.dtype, self.core.policy
         self.frame, self.receptive_field = self.core.frame, self.core.receptive_field
         self.do_normalize = self.core.do_normalize
         tokenizer = getattr(processor, "tokenizer", processor)
         self.decoder = CTCDecoder.from_tokenizer(tokenizer, self.frame / SAMPLE_RATE)
         logger.info(
-            "ASR model %s on %s (%s), padding policy %s", self.options.model, self.device, self.dtype, self.policy
+            "ASR model %s: %s on %s (%s; %s), padding policy %s", self.options.model, self.backend, self.device,
+            self.dtype, self.core.dtype_reason, self.policy,
         )
 
-    @staticmethod
-    def _load(name: str, revision: str | None) -> tuple[Any, Any]:
-        from transformers import AutoModelForCTC, AutoProcessor
+    @classmethod
+    def _load(cls, path: str, name: str) -> tuple[Any, Any]:
+        from transformers import AutoModelForCTC
 
-        path = resolve_hf_model(name, revision)
         expected = (
             "a Wav2Vec2ForCTC-style directory with config.json, weights, vocab.json and preprocessor_config.json"
         )
         model = load_pretrained(AutoModelForCTC, path, name, expected)
+        return model, cls._load_processor(path, name)
+
+    @staticmethod
+    def _load_processor(path: str, name: str) -> Any:
+        from transformers import AutoProcessor
+
         try:
-            processor = AutoProcessor.from_pretrained(path)
+            return AutoProcessor.from_pretrained(path)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailableError(f"cannot load the processor of {name} from {path}: {exc}") from exc
-        return model, processor
 
     @property
     def model_name(self) -> str:
@@ -109,6 +131,8 @@ class ASRRunner:
 
     # ---------------------------------------------------------------- core
     def _forward(self, inputs: Any, attention_mask: Any) -> np.ndarray:
+        if self.backend == "onnx":
+            return self.model.run(inputs, attention_mask)["logits"]
         return self.model(input_values=inputs, attention_mask=attention_mask).logits.float().cpu().numpy()
 
     @staticmethod

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from voxray.cli.options import add_options, collect_options, run_corpus_job
+from voxray.cli.options import JOB_SKIP, add_job_output_flags, add_options, collect_options, run_corpus_job
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from voxray.jobs.embed import EmbedJob, run_embed
 
-    return run_corpus_job("embed", EmbedJob(**collect_options(args)), run_embed)
+    return run_corpus_job("embed", EmbedJob(**collect_options(args)), run_embed, args)
 
 
 def register(subparsers: Any) -> None:
@@ -22,5 +22,6 @@ def register(subparsers: Any) -> None:
         description="Embed INPUT... (files, dirs, globs, fsspec URLs, manifests) into Parquet shards in --out: "
         "one pooled vector per file (fixed-size float32 list), optionally frame-level features.",
     )
-    add_options(p, EmbedJob, positional=("inputs",), skip=("job",), flatten=("embed", "ray", "resources"))
+    add_options(p, EmbedJob, positional=("inputs",), skip=JOB_SKIP, flatten=("embed", "ray", "resources", "retries"))
+    add_job_output_flags(p)
     p.set_defaults(_handler=_cmd_embed)

@@ -76,7 +76,7 @@ def add_options(
     what the user typed overrides YAML values and pydantic defaults.
     """
     for name, info in model.model_fields.items():
-        if name in skip:
+        if name in skip or f"{prefix}{name}" in skip:  # a name anywhere, or one dest ("asr__device")
             continue
         tp = _unwrap_optional(info.annotation)
         dest = f"{prefix}{name}"
@@ -90,8 +90,12 @@ def add_options(
             help_text += f" (default: {info.default})"
         help_text = restate.help_for(dest, help_text)
         origin = typing.get_origin(tp)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if name in positional:
             parser.add_argument(dest, nargs="*", default=None, metavar=name.upper(), help=help_text)
+        elif origin is list and "bare_flag" in extra:  # "--retry-errors" alone means its bare_flag value
+            parser.add_argument(flag, dest=dest, nargs="*", default=None, metavar=name.upper().rstrip("S"),
+                                action=_BareFlag, bare=list(extra["bare_flag"]), help=help_text)
         elif origin is list:
             parser.add_argument(flag, dest=dest, nargs="+", default=None, metavar=name.upper(), help=help_text)
         elif tp is bool:
@@ -104,6 +108,17 @@ def add_options(
         else:
             conv = tp if tp in (int, float) else str
             parser.add_argument(flag, dest=dest, type=conv, default=None, metavar=name.upper(), help=help_text)
+
+
+class _BareFlag(argparse.Action):
+    """``nargs="*"`` that stores ``bare`` when the flag is given without values."""
+
+    def __init__(self, *args: Any, bare: list[str], **kwargs: Any) -> None:
+        self.bare = bare
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, list(values) if values else list(self.bare))
 
 
 def collect_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
@@ -140,13 +155,37 @@ def add_tts_model_flag(parser: argparse.ArgumentParser, description: str) -> Non
     parser.add_argument("--tts-model", dest="tts__model", default=None, help=description)
 
 
-def run_corpus_job(verb: str, job: Any, run: Callable[[Any], dict[str, Any]]) -> int:
-    """The audio-corpus jobs' command body: inputs required, report printed as JSON.
+# ---------------------------------------------------------------- job commands: flags and body
+JOB_SKIP = ("job", "asr__device", "embed__device", "tts__device")  # a job's device is --device (resources)
+
+
+def add_job_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--quiet`` for a job command (drawn by :class:`voxray.cli.Console`)."""
+    parser.add_argument("--json", dest="_json", action="store_true",
+                        help="print the run report as JSON, and nothing else, on stdout")
+    parser.add_argument("-q", "--quiet", dest="_quiet", action="store_true",
+                        help="no progress line, only errors on stderr")
+    parser.set_defaults(_console=True)
+
+
+def summary_line(verb: str, report: dict[str, Any]) -> str:
+    """One human line for a finished job (stdout without ``--json``)."""
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.get("errors_by_kind", {}).items()))
+    errors = f", {report['errors']} errors: {kinds}" if report.get("errors") else ""
+    skipped = f", {report['skipped_already_done']} already done" if report.get("skipped_already_done") else ""
+    audio = f", {report['audio_hours'] * 60:.1f} min of audio" if report.get("audio_s") else ""
+    return (f"voxray {verb}: {report['processed']} rows ({report['ok']} ok{errors}){skipped}{audio} in "
+            f"{report['wall_s']:.1f} s; results and run.json in {report['out']}")
+
+
+def run_corpus_job(verb: str, job: Any, run: Callable[..., dict[str, Any]], args: argparse.Namespace) -> int:
+    """The row-per-input jobs' command body: inputs required, a progress line, the report at the end.
 
     Exit 1 when every processed row failed (a wrong model or corpus), else 0.
     """
     if not job.inputs:
         raise SystemExit(f"voxray {verb}: give at least one INPUT (file, directory, glob, URL or manifest)")
-    report = run(job)
-    print_json(report)
+    console = args._console_obj
+    report = run(job, progress=console.progress_fn(job.progress))
+    console.result(report, summary_line(verb, report))
     return 0 if report["processed"] == 0 or report["ok"] > 0 else 1

@@ -1,15 +1,22 @@
 """FastAPI ingress: the OpenAI audio API (+ embeddings, voices, health, metrics) in front of the
 model deployments. Validation, size limits, auth and audio decoding happen here, on CPU, so a
-bad request costs no model time and never reaches (or crashes) a model replica."""
+bad request costs no model time and never reaches (or crashes) a model replica.
+
+Limits come before work: a body whose ``Content-Length`` is over the limit is refused before a
+byte of it is read, a chunked body as soon as it passes the limit, and audio by its header before
+it is decoded. Fields voxray cannot honour (``prompt``, a non-zero ``temperature``,
+``instructions``, unknown keys) are accepted, as OpenAI clients send them, and named in the
+``X-Voxray-Ignored-Fields`` response header.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-import os
+import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -18,18 +25,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from voxray.audio import SAMPLE_RATE
 from voxray.deployments.config import ServeAppConfig
 from voxray.deployments.formats import (
     SPEECH_MEDIA_TYPES,
     STREAMED_FORMATS,
     TRANSCRIPT_FORMATS,
+    Mp3Stream,
     pcm16,
     streaming_wav_header,
     to_srt,
     to_vtt,
     words_to_segments,
 )
+from voxray.deployments.uploads import AudioLimits, decode_upload
 from voxray.errors import (
     InputError,
     ModelUnavailableError,
@@ -38,21 +46,36 @@ from voxray.errors import (
     VoxrayError,
     from_row_error,
 )
+from voxray.tts.config import SAMPLE_RATE as TTS_SAMPLE_RATE
+from voxray.tts.config import TTSOptions
 
 logger = logging.getLogger("voxray.deployments")
+
+IGNORED_HEADER = "X-Voxray-Ignored-Fields"
+BODY_SLACK = 64 * 1024  # multipart boundaries and form fields around the file
+# The speaking-rate rule has one home, TTSOptions.speed; the request model reuses its constraints.
+Speed = Annotated[(float, *TTSOptions.model_fields["speed"].metadata)]
 
 
 class SpeechRequest(BaseModel):
     """``POST /v1/audio/speech`` body (OpenAI's fields, plus ``lang``)."""
 
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
     model: str = "kokoro"
     input: str
     voice: str | None = None
     response_format: str = "mp3"
-    speed: float = Field(1.0)
-    lang: str | None = None
-    instructions: str | None = None  # accepted for compatibility, not used by Kokoro
+    speed: Speed | None = Field(None, description=TTSOptions.model_fields["speed"].description)
+    lang: str | None = Field(None, description=TTSOptions.model_fields["lang"].description)
+    instructions: str | None = Field(None, description="accepted and ignored: Kokoro takes no style prompt")
+    stream_format: str | None = Field(None, description="'audio' (the default); 'sse' is not supported")
+
+
+class ReplicaUnavailable(VoxrayError):
+    """The replica serving a request died or is restarting; the client may retry."""
+
+    status = 503
+    kind = "replica_unavailable"
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -66,12 +89,21 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _replica_died(exc: BaseException) -> bool:
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(_unwrap(exc), RayActorError | ReplicaUnavailableError | DeploymentUnavailableError)
+
+
 def error_response(exc: BaseException, retry_after: int = 2) -> JSONResponse:
     from ray.serve.exceptions import BackPressureError
 
     exc = _unwrap(exc)
     if isinstance(exc, BackPressureError):
         exc = OverloadedError("server is overloaded: too many queued requests; retry shortly")
+    elif _replica_died(exc):
+        exc = ReplicaUnavailable("the model replica for this request failed or is restarting; retry shortly")
     if not isinstance(exc, VoxrayError):
         logger.exception("internal error", exc_info=exc)
         exc = VoxrayError(f"internal error: {type(exc).__name__}")
@@ -81,30 +113,33 @@ def error_response(exc: BaseException, retry_after: int = 2) -> JSONResponse:
 
 
 class Metrics:
-    """Request counts, latency and audio seconds per endpoint, in a private Prometheus registry."""
+    """Request counts, latency and audio seconds per route template, in a private registry."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "voxray_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry
-        )
+        self.requests = Counter("voxray_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram(
             "voxray_request_latency_seconds", "request latency", ["endpoint"], registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         )
         self.audio = Counter("voxray_audio_seconds", "audio seconds processed", ["endpoint"], registry=self.registry)
+        self.body_bytes = Counter(
+            "voxray_request_body_bytes", "request body bytes read by the ingress", ["endpoint"], registry=self.registry
+        )
+        self.replica_failures = Counter(
+            "voxray_replica_failures", "requests whose model replica died, by outcome (retried/failed)",
+            ["deployment", "outcome"], registry=self.registry,
+        )
         self.batch = Gauge(
-            "voxray_deployment_batch", "dynamic batching of one model replica", ["deployment", "stat"],
-            registry=self.registry,
+            "voxray_deployment_batch", "dynamic batching, health probes, cancelled streams and memory of one "
+            "model replica", ["deployment", "stat"], registry=self.registry,
         )
 
-    def observe(self, endpoint: str, status: int, seconds: float, audio_s: float = 0.0) -> None:
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
-        if audio_s:
-            self.audio.labels(endpoint).inc(audio_s)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -112,11 +147,79 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def route_template(scope: dict[str, Any]) -> str:
+    """The matched route's template (``/v1/audio/speech``), never the raw path: a scanner's random
+    URLs would otherwise each create a metrics series."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "<unmatched>"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 from ``Content-Length`` before the body is read; a chunked body is
+    counted as it streams and answered 413 the moment it passes ``max_bytes``."""
+
+    def __init__(self, app: Any, max_bytes: int, metrics: Any) -> None:
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(PayloadTooLargeError(
+            f"request body is larger than the {self.max_bytes / 1024 / 1024:g} MB limit (max_upload_mb)"
+        ))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        state = {"read": 0, "over": False, "started": False}
+
+        async def limited_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > self.max_bytes:
+                    state["over"] = True
+                    return {"type": "http.disconnect"}  # the app stops parsing; we answer 413
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["over"]:
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._too_large()(scope, receive, send)
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await self._too_large()(scope, receive, send)
+        self.metrics().body_bytes.labels(route_template(scope)).inc(state["read"])
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,40}")
+
+
+def _ignored(names: dict[str, bool]) -> dict[str, str]:
+    """The ``X-Voxray-Ignored-Fields`` header: names that are safe in a header, the rest counted."""
+    ignored = [k for k, used in names.items() if used]
+    shown = [k for k in ignored if _FIELD_NAME.fullmatch(k)][:10]
+    if len(shown) < len(ignored):
+        shown.append(f"{len(ignored) - len(shown)} more")
+    return {IGNORED_HEADER: ", ".join(shown)} if shown else {}
+
+
 def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
     """Build the FastAPI app; ``ingress`` is the object holding the deployment handles."""
     app = FastAPI(title="voxray", version="0.1.0", description="ASR, embeddings and TTS on Ray Serve")
     opts = config.ingress
-    max_bytes = int(opts.max_upload_mb * 1024 * 1024)
+    limits = AudioLimits(opts.max_audio_s, opts.max_sample_rate, opts.max_channels)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,7 +229,7 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
     @app.middleware("http")
     async def _auth_and_metrics(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
-        key = os.environ.get(opts.api_key_env)
+        key = ingress.api_key
         root = request.scope.get("root_path", "") or ""
         path = request.url.path
         path = path[len(root) :] or "/" if root and path.startswith(root) else path  # the app's own route
@@ -134,33 +237,29 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), key.encode()):
-                ingress.metrics.observe(path, 401, time.perf_counter() - start)
+                ingress.metrics.observe("<unauthorized>", 401, time.perf_counter() - start)
                 return JSONResponse(
                     {"error": {"message": "missing or invalid API key: send 'Authorization: Bearer <key>'",
                                "type": "unauthorized", "code": 401}},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"},
                 )
         response = await call_next(request)
-        if path != "/metrics":
-            ingress.metrics.observe(path, response.status_code, time.perf_counter() - start)
+        endpoint = route_template(request.scope)
+        if endpoint != "/metrics":
+            ingress.metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
         return response
 
-    async def read_upload(request: Request, file: UploadFile) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-            raise PayloadTooLargeError(f"upload is larger than the {opts.max_upload_mb:g} MB limit")
-        data = await file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise PayloadTooLargeError(f"upload is larger than the {opts.max_upload_mb:g} MB limit")
+    app.add_middleware(BodyLimit, max_bytes=opts.max_bytes + BODY_SLACK, metrics=lambda: ingress.metrics)
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(opts.max_bytes + 1)
+        if len(data) > opts.max_bytes:
+            raise PayloadTooLargeError(f"upload is larger than the {opts.max_upload_mb:g} MB limit (max_upload_mb)")
         return data
 
-    async def decode_upload(data: bytes, name: str) -> np.ndarray:
-        from voxray.audio import decode_audio
-
-        audio = await asyncio.to_thread(decode_audio, data, SAMPLE_RATE)
-        if len(audio) / SAMPLE_RATE > opts.max_audio_s:
-            raise InputError(f"{name}: audio is {len(audio) / SAMPLE_RATE:.0f} s; the limit is {opts.max_audio_s:g} s")
-        return audio
+    async def upload_audio(file: UploadFile) -> np.ndarray:
+        data = await read_upload(file)
+        return await asyncio.to_thread(decode_upload, data, file.filename or "upload", limits)
 
     def check_model(kind: str, model: str | None) -> None:
         names = ingress.model_names(kind)
@@ -191,19 +290,20 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             ingress.require("tts")
             return {"voices": await ingress.voices()}
         except Exception as exc:
-            return error_response(exc)
+            return error_response(exc, opts.retry_after_s)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
-        request: Request,
         file: UploadFile = File(...),
         model: str = Form(""),
         response_format: str = Form("json"),
-        language: str | None = Form(None),
-        prompt: str | None = Form(None),
-        temperature: float | None = Form(None),
+        language: str | None = Form(None, description="ISO 639-1; must be a language the model transcribes"),
+        prompt: str | None = Form(None, description="accepted and ignored (CTC decoding takes no prompt)"),
+        temperature: float | None = Form(None, description="0 is what greedy CTC decoding does; others ignored"),
         timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
     ) -> Any:
+        from voxray.deployments.replicas import check_language
+
         try:
             ingress.require("asr")
             check_model("asr", model)
@@ -212,40 +312,42 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             grans = set(timestamp_granularities or [])
             if grans - {"word", "segment"}:
                 raise InputError("timestamp_granularities[] takes 'word' and/or 'segment'")
-            audio = await decode_upload(await read_upload(request, file), file.filename or "upload")
+            check_language(language, await ingress.asr_languages())  # before the upload is decoded
+            audio = await upload_audio(file)
             want_words = response_format in ("verbose_json", "srt", "vtt")
-            result = await ingress.asr.transcribe.remote(audio, "word" if want_words else "none")
+            result = await ingress.call("asr", "transcribe", audio, "word" if want_words else "none", language)
             if result["error"]:
                 raise from_row_error(result["error"])
         except Exception as exc:
             return error_response(exc, opts.retry_after_s)
+        headers = _ignored({"prompt": bool(prompt), "temperature": bool(temperature)})
         ingress.metrics.audio.labels("/v1/audio/transcriptions").inc(result["duration_s"])
         text = result["text"] or ""
         if response_format == "json":
-            return {"text": text}
+            return JSONResponse({"text": text}, headers=headers)
         if response_format == "text":
-            return PlainTextResponse(text)
+            return PlainTextResponse(text, headers=headers)
         words = [{"word": w["text"], "start": w["start"], "end": w["end"]} for w in result["chunks"]]
         segments = words_to_segments(result["chunks"])
         if response_format == "srt":
-            return PlainTextResponse(to_srt(segments))
+            return PlainTextResponse(to_srt(segments), headers=headers)
         if response_format == "vtt":
-            return PlainTextResponse(to_vtt(segments), media_type="text/vtt")
+            return PlainTextResponse(to_vtt(segments), media_type="text/vtt", headers=headers)
         body: dict[str, Any] = {
-            "task": "transcribe", "language": language or "korean", "duration": result["duration_s"],
+            "task": "transcribe", "language": result.get("language") or "unknown", "duration": result["duration_s"],
             "text": text, "segments": [{**s, "tokens": [], "temperature": 0.0} for s in segments],
         }
         if "word" in grans or not grans:
             body["words"] = words
-        return body
+        return JSONResponse(body, headers=headers)
 
     @app.post("/v1/audio/embeddings")
-    async def embeddings(request: Request, file: UploadFile = File(...), model: str = Form("")) -> Any:
+    async def embeddings(file: UploadFile = File(...), model: str = Form("")) -> Any:
         try:
             ingress.require("embed")
             check_model("embed", model)
-            audio = await decode_upload(await read_upload(request, file), file.filename or "upload")
-            result = await ingress.embed.embed.remote(audio)
+            audio = await upload_audio(file)
+            result = await ingress.call("embed", "embed", audio)
             if result["error"]:
                 raise from_row_error(result["error"])
         except Exception as exc:
@@ -265,6 +367,8 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             check_model("tts", req.model)
             if fmt not in SPEECH_MEDIA_TYPES:
                 raise InputError(f"response_format must be one of {', '.join(SPEECH_MEDIA_TYPES)}")
+            if req.stream_format not in (None, "audio"):
+                raise InputError("stream_format must be 'audio': server-sent events are not supported")
             if len(req.input) > opts.max_text_chars:
                 raise InputError(f"input is {len(req.input)} characters; the limit is {opts.max_text_chars}")
             if not req.input.strip():
@@ -275,30 +379,52 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             return error_response(InputError("nothing to say in this input"))
         except Exception as exc:
             return error_response(exc, opts.retry_after_s)
-        sr = 24000
+        sr = TTS_SAMPLE_RATE
+        headers = _ignored({"instructions": bool(req.instructions), **{k: True for k in req.model_extra or {}}})
 
         async def body() -> Any:
-            if fmt in STREAMED_FORMATS:
-                from voxray.audio import encode_audio
+            done = False
+            try:
+                if fmt in STREAMED_FORMATS:
+                    if fmt == "wav":
+                        yield streaming_wav_header(sr)
+                    mp3 = Mp3Stream(sr) if fmt == "mp3" else None
+                    yield mp3.encode(first) if mp3 else pcm16(first)
+                    async for chunk in gen:
+                        yield mp3.encode(chunk) if mp3 else pcm16(chunk)
+                    if mp3:
+                        yield mp3.close()
+                else:  # flac/opus headers need the whole stream: encode once complete
+                    from voxray.audio import encode_audio
 
-                if fmt == "wav":
-                    yield streaming_wav_header(sr)
+                    parts = [first] + [c async for c in gen]
+                    yield encode_audio(np.concatenate(parts), sr, fmt)
+                done = True
+            finally:
+                if not done:  # the client went away: stop the replica's synthesis now
+                    gen.cancel()
 
-                def enc(chunk: np.ndarray) -> bytes:
-                    return encode_audio(chunk, sr, "mp3") if fmt == "mp3" else pcm16(chunk)
+        return StreamingResponse(body(), media_type=SPEECH_MEDIA_TYPES[fmt], headers=headers)
 
-                yield enc(first)
-                async for chunk in gen:
-                    yield enc(chunk)
-            else:  # flac/opus headers need the whole stream: encode once complete
-                from voxray.audio import encode_audio
+    from voxray.deployments.web import add_web_routes  # last: the page itself is served before auth
 
-                parts = [first] + [c async for c in gen]
-                yield encode_audio(np.concatenate(parts), sr, fmt)
-
-        return StreamingResponse(body(), media_type=SPEECH_MEDIA_TYPES[fmt])
-
+    add_web_routes(app, tts_model=config.tts.model, voices=config.tts.voices)
     return app
+
+
+def served_name(model: str, configured: str | None, default: str | None = None) -> str:
+    """The id clients see for a model: the configured name, else the hub id, else the local
+    directory's or file's name (a server path never leaves the server)."""
+    import os
+
+    if configured:
+        return configured
+    if model == "embedded" and default:
+        return default
+    if os.path.isabs(model) or model.startswith((".", "~")) or os.path.exists(model):
+        base = os.path.basename(os.path.normpath(model))
+        return os.path.splitext(base)[0] if os.path.isfile(model) else base
+    return model
 
 
 def make_ingress(config: ServeAppConfig) -> Any:
@@ -310,6 +436,15 @@ def make_ingress(config: ServeAppConfig) -> Any:
             self.asr, self.embed, self.tts = asr, embed, tts
             self.metrics = Metrics()
             self._voices: list[dict[str, Any]] | None = None
+            self._asr_languages: list[str] | None = None
+            ing = self.config.ingress
+            self.api_key = ing.api_key()
+            if ing.auth_required and not self.api_key:
+                where = f"file {ing.api_key_file}" if ing.api_key_file else f"${ing.api_key_env}"
+                raise RuntimeError(
+                    f"auth is required but this ingress replica finds no API key in {where}: set it on every "
+                    "node (a Kubernetes Secret as env or file) or use ingress.api_key_file"
+                )
 
         def enabled(self, kind: str) -> bool:
             return getattr(self, kind) is not None
@@ -320,9 +455,37 @@ def make_ingress(config: ServeAppConfig) -> Any:
 
         def model_names(self, kind: str) -> list[str]:
             c = self.config
-            name = {"asr": c.asr.model, "embed": c.embed.model, "tts": f"kokoro-82m:{c.tts.model}"}[kind]
+            name = {
+                "asr": served_name(c.asr.model, c.asr_deployment.name),
+                "embed": served_name(c.embed.model, c.embed_deployment.name),
+                "tts": served_name(c.tts.model, c.tts_deployment.name, "kokoro-82m"),
+            }[kind]
             aliases = {"asr": c.ingress.asr_aliases, "embed": c.ingress.embed_aliases, "tts": c.ingress.tts_aliases}
-            return [name, *aliases[kind]]
+            return list(dict.fromkeys([name, *aliases[kind]]))
+
+        async def call(self, kind: str, method: str, *args: Any) -> Any:
+            """Call a model deployment; an idempotent request whose replica died is retried
+            (``replica_retries``) on a live one, and each such failure is counted."""
+            handle = getattr(self, kind)
+            retries = self.config.ingress.replica_retries
+            for attempt in range(retries + 1):
+                try:
+                    return await getattr(handle, method).remote(*args)
+                except Exception as exc:
+                    if not _replica_died(exc):
+                        raise
+                    last = attempt == retries
+                    self.metrics.replica_failures.labels(kind, "failed" if last else "retried").inc()
+                    logger.warning("%s replica died under a request (%s)%s", kind, type(_unwrap(exc)).__name__,
+                                   "" if last else "; retrying")
+                    if last:
+                        raise
+            raise AssertionError("unreachable")
+
+        async def asr_languages(self) -> list[str]:
+            if self._asr_languages is None:
+                self._asr_languages = (await self.call("asr", "describe"))["languages"]
+            return self._asr_languages
 
         async def voices(self) -> list[dict[str, Any]]:
             if self._voices is None:
@@ -330,15 +493,17 @@ def make_ingress(config: ServeAppConfig) -> Any:
             return self._voices
 
         async def refresh_batch_metrics(self) -> None:
+            stats = ("requests", "batches", "max_batch", "mean_batch", "audio_s", "health_probes", "cancelled",
+                     "chunks", "chunks_after_cancel", "rss_mb", "peak_rss_mb", "pid")
             for kind in ("asr", "embed", "tts"):
                 handle = getattr(self, kind)
                 if handle is None:
                     continue
                 try:
-                    counters = (await handle.info.remote())["counters"]
-                except Exception:  # a replica restarting must not break /metrics
+                    counters = (await asyncio.wait_for(handle.info.remote(), 10))["counters"]
+                except Exception:  # a replica restarting or busy must not break /metrics
                     continue
-                for stat in ("requests", "batches", "max_batch", "mean_batch", "audio_s"):
+                for stat in stats:
                     self.metrics.batch.labels(kind, stat).set(counters[stat])
 
     @serve.deployment(name="Ingress")

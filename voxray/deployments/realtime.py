@@ -13,7 +13,8 @@ Protocol (client -> server): ``transcription_session.update`` (``input_audio_for
 mono), ``input_audio_buffer.commit``, ``input_audio_buffer.clear``. Server -> client:
 ``transcription_session.created/updated``, ``input_audio_buffer.speech_started/stopped`` (server
 VAD), ``input_audio_buffer.committed``, ``input_audio_buffer.cleared``,
-``conversation.item.input_audio_transcription.delta`` and ``.completed``, ``error``. A bad frame
+``conversation.item.input_audio_transcription.delta`` (voxray adds ``audio_end_ms``: the stream time its
+text ends) and ``.completed``, ``error``. A bad frame
 gets an ``error`` event and the session goes on.
 
 Failure behaviour: beyond ``max_sessions`` on a replica a new socket is closed with 1013 (try
@@ -254,7 +255,8 @@ class RealtimeSession:
                 self.speech_announced = True
             if ev.kind == "delta":
                 out.append({"type": "conversation.item.input_audio_transcription.delta", "item_id": self.item_id,
-                            "content_index": 0, "delta": ev.text})
+                            "content_index": 0, "delta": ev.text,
+                            "audio_end_ms": round(1000 * ev.end_s)})  # voxray extension: where the text ends
                 continue
             if self.vad:
                 out.append({"type": "input_audio_buffer.speech_stopped", "item_id": self.item_id,

@@ -1,8 +1,9 @@
 """Model deployments: the batch jobs' runners behind ``@serve.batch``.
 
 Each class holds one runner (built from options, or injected) and keeps per-replica counters
-(requests, batches, largest batch) that the ingress exposes as Prometheus metrics. Inputs arrive
-already decoded (the ingress decodes on CPU), so the batched call only runs the model.
+(requests, batches, largest batch, memory, health probes, cancelled streams) that the ingress
+exposes as Prometheus metrics. Inputs arrive already decoded (the ingress decodes on CPU), so
+the batched call only runs the model. Every model call runs in one model thread per replica.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,8 +25,82 @@ from ray import serve
 from voxray.asr.config import ASROptions
 from voxray.audio import SAMPLE_RATE
 from voxray.deployments.config import DeploymentOptions
+from voxray.errors import UnknownLanguageError
 
 logger = logging.getLogger("voxray.deployments")
+
+# ISO 639-1 codes and the names OpenAI's API uses for them (verbose_json says the name).
+LANGUAGE_NAMES = {
+    "ko": "korean", "en": "english", "ja": "japanese", "zh": "chinese", "es": "spanish", "fr": "french",
+    "de": "german", "it": "italian", "pt": "portuguese", "ru": "russian", "ar": "arabic", "hi": "hindi",
+    "th": "thai", "el": "greek", "he": "hebrew", "uk": "ukrainian", "vi": "vietnamese", "tr": "turkish",
+}
+# Scripts whose letters name one language when they dominate a CTC vocabulary.
+_SCRIPTS = (
+    ("ko", ((0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F))),
+    ("ja", ((0x3040, 0x30FF),)),
+    ("zh", ((0x4E00, 0x9FFF),)),
+    ("ru", ((0x0400, 0x04FF),)),
+    ("ar", ((0x0600, 0x06FF),)),
+    ("hi", ((0x0900, 0x097F),)),
+    ("th", ((0x0E00, 0x0E7F),)),
+    ("el", ((0x0370, 0x03FF),)),
+    ("he", ((0x0590, 0x05FF),)),
+)
+
+
+def vocab_languages(tokens: list[str]) -> list[str]:
+    """Languages a CTC vocabulary can write, by the script of its letters (``[]`` = cannot tell:
+    Latin letters serve many languages)."""
+    counts: dict[str, int] = {}
+    for tok in tokens:
+        for ch in tok:
+            cp = ord(ch)
+            for lang, ranges in _SCRIPTS:
+                if any(lo <= cp <= hi for lo, hi in ranges):
+                    counts[lang] = counts.get(lang, 0) + 1
+                    break
+    if "ja" in counts:  # kana mean Japanese even though its vocabularies carry kanji too
+        counts.pop("zh", None)
+    return [lang for lang, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n >= 10]
+
+
+def normalize_language(language: str) -> str:
+    """``'ko'``, ``'KO-kr'`` and ``'korean'`` -> ``'ko'``; an unknown name is returned lowercased."""
+    value = language.strip().lower().replace("_", "-")
+    by_name = {name: code for code, name in LANGUAGE_NAMES.items()}
+    return by_name.get(value, value.split("-")[0])
+
+
+def check_language(language: str | None, languages: list[str]) -> str | None:
+    """The ISO code of ``language`` if the model transcribes it; ``None`` when not asked.
+
+    Raises :class:`UnknownLanguageError` (400) naming what the model can do. A model whose
+    languages are unknown (``[]``) accepts any well-formed code.
+    """
+    if language is None or not language.strip():
+        return None
+    code = normalize_language(language)
+    if languages and code not in languages:
+        names = ", ".join(f"{c} ({LANGUAGE_NAMES.get(c, c)})" for c in languages)
+        raise UnknownLanguageError(f"language {language!r} is not one this model transcribes: {names}")
+    if not languages and not (code.isalpha() and 2 <= len(code) <= 3):
+        raise UnknownLanguageError(f"language {language!r} is not an ISO 639-1 code such as 'ko' or 'en'")
+    return code
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now and at its peak (Linux /proc; zeros elsewhere)."""
+    out = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss_mb" if line.startswith("VmRSS") else "peak_rss_mb"
+                    out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
 
 
 class BatchCounters:
@@ -34,6 +112,10 @@ class BatchCounters:
         self.max_batch = 0
         self.audio_s = 0.0
         self.sizes: dict[int, int] = {}
+        self.health_probes = 0
+        self.cancelled = 0
+        self.chunks = 0
+        self.chunks_after_cancel = 0
 
     def record(self, size: int, audio_s: float = 0.0) -> None:
         self.requests += size
@@ -46,7 +128,9 @@ class BatchCounters:
         return {
             "requests": self.requests, "batches": self.batches, "max_batch": self.max_batch,
             "mean_batch": self.requests / self.batches if self.batches else 0.0,
-            "audio_s": self.audio_s, "sizes": dict(self.sizes),
+            "audio_s": self.audio_s, "sizes": dict(self.sizes), "health_probes": self.health_probes,
+            "cancelled": self.cancelled, "chunks": self.chunks, "chunks_after_cancel": self.chunks_after_cancel,
+            "pid": os.getpid(), **memory_mb(),
         }
 
 
@@ -57,12 +141,62 @@ class ModelThread:
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.busy_since: float | None = None
+        self._pending = 0
 
-    async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.busy_since = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, *args)
+        finally:
+            self._pending -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
+
+
+class HealthProbe:
+    """``check_health`` of a model replica: a tiny real input through the model thread when it is
+    idle (at most every ``probe_interval_s``), or, while it is busy, a bound on how long the current
+    call has run: a wedged model fails its checks and Serve replaces the replica."""
+
+    def __init__(self, thread: ModelThread, probe: Callable[[], None], options: DeploymentOptions,
+                 counters: BatchCounters) -> None:
+        self.thread, self.probe, self.options, self.counters = thread, probe, options, counters
+        self._last = -math.inf
+
+    async def check(self) -> None:
+        busy = self.thread.busy_since
+        if busy is not None:
+            running = time.monotonic() - busy
+            if running > self.options.stuck_after_s:
+                raise RuntimeError(f"a model call has run for {running:.0f} s (stuck_after_s)")
+            return
+        if time.monotonic() - self._last < self.options.probe_interval_s or not self.thread.idle:
+            return
+        await self.thread.run(self.probe)
+        self._last = time.monotonic()
+        self.counters.health_probes += 1
+
+
+def keep_torch_out() -> None:
+    """Make ``import torch`` fail in this process unless it is loaded already. Kokoro runs on
+    onnxruntime; only spaCy (misaki's English G2P, via thinc) would import torch, for nothing:
+    185 MB of a TTS replica's RSS (measured; phonemes identical without it)."""
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # the import system's 'blocked' marker
 
 
 ITEM_SECONDS_CAP = 30  # one long file counts as a full chunk, so it always fits a batch
+PROBE_AUDIO_S = 0.5
 
 
 def _audio_seconds(items: list[Any]) -> int:
@@ -71,6 +205,11 @@ def _audio_seconds(items: list[Any]) -> int:
         min(ITEM_SECONDS_CAP, max(1, math.ceil(len(a[0] if isinstance(a, tuple) else a) / SAMPLE_RATE)))
         for a in items
     )
+
+
+def _probe_audio() -> np.ndarray:
+    t = np.arange(int(PROBE_AUDIO_S * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
 @serve.deployment(name="ASR")
@@ -89,6 +228,17 @@ class ASRDeployment:
         self.transcribe_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
         self.transcribe_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
         self.max_items = self.deployment.max_batch_size
+        tokenizer = getattr(self.runner.processor, "tokenizer", self.runner.processor)
+        self.languages = self.deployment.languages or vocab_languages(list(tokenizer.get_vocab()))
+        self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
+
+    def _probe(self) -> None:
+        (result,) = self.runner.transcribe([_probe_audio()], "none")
+        if result.error:
+            raise RuntimeError(f"health probe failed: {result.error}")
+
+    async def check_health(self) -> None:
+        await self.health.check()
 
     def _run(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
         """The model call (in the model thread): one runner call per timestamp kind."""
@@ -110,14 +260,27 @@ class ASRDeployment:
             out += await self.model_thread.run(self._run, items[k : k + self.max_items])
         return out
 
-    async def transcribe(self, audio: np.ndarray, timestamps: str = "none") -> dict[str, Any]:
-        """One request; joins a dynamic batch unless batching is configured off."""
+    async def transcribe(
+        self, audio: np.ndarray, timestamps: str = "none", language: str | None = None
+    ) -> dict[str, Any]:
+        """One request; joins a dynamic batch unless batching is configured off. ``language`` is
+        checked against what the model writes (a CTC model transcribes its own language only)."""
+        code = check_language(language, self.languages)
         if self.batched:
-            return await self.transcribe_batch((audio, timestamps))
-        return (await self.model_thread.run(self._run, [(audio, timestamps)]))[0]
+            result = await self.transcribe_batch((audio, timestamps))
+        else:
+            result = (await self.model_thread.run(self._run, [(audio, timestamps)]))[0]
+        lang = code or (self.languages[0] if self.languages else None)
+        return {**result, "language": LANGUAGE_NAMES.get(lang, lang) if lang else None}
+
+    def describe(self) -> dict[str, Any]:
+        """Static facts the ingress caches: what the model can transcribe."""
+        return {"languages": self.languages}
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.options.model, "policy": self.runner.policy, "counters": self.counters.as_dict()}
+        return {
+            "policy": self.runner.policy, "languages": self.languages, "counters": self.counters.as_dict(),
+        }
 
 
 @serve.deployment(name="Embed")
@@ -135,6 +298,15 @@ class EmbedDeployment:
         self.model_thread = ModelThread("embed")
         self.embed_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
         self.embed_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
+        self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
+
+    def _probe(self) -> None:
+        (result,) = self.embedder.embed([_probe_audio()])
+        if result.error or result.embedding is None or not np.isfinite(result.embedding).all():
+            raise RuntimeError(f"health probe failed: {result.error or 'no finite embedding'}")
+
+    async def check_health(self) -> None:
+        await self.health.check()
 
     def _run(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
         self.counters.record(len(audios), sum(len(a) for a in audios) / SAMPLE_RATE)
@@ -149,14 +321,17 @@ class EmbedDeployment:
 
     @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
     async def embed_batch(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
-        return await self.model_thread.run(self._run, list(audios))
+        out: list[dict[str, Any]] = []
+        for k in range(0, len(audios), self.deployment.max_batch_size):
+            out += await self.model_thread.run(self._run, list(audios[k : k + self.deployment.max_batch_size]))
+        return out
 
     async def embed(self, audio: np.ndarray) -> dict[str, Any]:
         return await self.embed_batch(audio)
 
     def info(self) -> dict[str, Any]:
         return {
-            "model": self.options.model, "dim": self.embedder.dim, "layer": self.options.layer,
+            "dim": self.embedder.dim, "layer": self.options.layer,
             "pooling": self.options.pooling, "counters": self.counters.as_dict(),
         }
 
@@ -164,19 +339,44 @@ class EmbedDeployment:
 @serve.deployment(name="TTS")
 class TTSDeployment:
     """Kokoro: one utterance at a time per replica (the int8 graph has batch size 1), streamed
-    chunk by chunk so the first audio leaves before the whole text is synthesised."""
+    chunk by chunk so the first audio leaves before the whole text is synthesised. A client that
+    goes away stops its synthesis: the cancellation sets a flag the pipeline checks between chunks
+    in the model thread, so at most the chunk being computed finishes."""
 
     def __init__(self, options: dict[str, Any], deployment: dict[str, Any], pipeline: Any = None) -> None:
         from voxray.tts.config import TTSOptions
-        from voxray.tts.pipeline import TTSPipeline
 
         self.options = TTSOptions(**options)
+        self.deployment = DeploymentOptions(**deployment)
+        backend = getattr(self.options, "backend", "onnx")
+        if pipeline is None and (backend == "onnx" or (backend == "auto" and not self.deployment.num_gpus)):
+            keep_torch_out()  # the onnxruntime backend: torch would only be dead weight
+        from voxray.tts.pipeline import TTSPipeline
+
         self.pipeline = pipeline or TTSPipeline(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("tts")
+        self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
+        self._probe()  # warm-up: loads the default language's G2P before the first request
+
+    def _probe(self) -> None:
+        audio = self.pipeline.synthesize("Hi.").audio
+        if not len(audio) or not np.isfinite(audio).all():
+            raise RuntimeError("health probe failed: Kokoro produced no finite audio")
+
+    async def check_health(self) -> None:
+        await self.health.check()
 
     def voices(self) -> list[dict[str, Any]]:
         return self.pipeline.voices.describe()
+
+    def _next(self, chunks: Iterator[Any], cancel: threading.Event) -> Any:
+        result = next(chunks, None)
+        if result is not None:
+            self.counters.chunks += 1
+        if result is not None and cancel.is_set():
+            self.counters.chunks_after_cancel += 1  # finished after the client left: wasted work
+        return result
 
     async def stream(
         self, text: str, voice: str | None = None, lang: str | None = None, speed: float | None = None
@@ -189,18 +389,27 @@ class TTSDeployment:
         sentences = split_sentences(normalize_text(text))
         if not sentences:
             raise TextError("input is empty: give the text to speak")
-        # The first sentence goes alone so its audio leaves early; the rest is packed into
-        # full-size chunks. Both calls validate voice/lang/speed before producing audio.
+        cancel = threading.Event()
         total = 0
-        for part in (sentences[0], " ".join(sentences[1:])):
-            if not part:
-                continue
-            chunks = await self.model_thread.run(self.pipeline, part, voice, lang, speed)
-            while (result := await self.model_thread.run(next, chunks, None)) is not None:
-                total += len(result.audio)
-                yield result.audio
+        try:
+            # The first sentence goes alone so its audio leaves early; the rest is packed into
+            # full-size chunks. Both calls validate voice/lang/speed before producing audio.
+            for part in (sentences[0], " ".join(sentences[1:])):
+                if not part:
+                    continue
+                chunks = await self.model_thread.run(
+                    lambda p=part: self.pipeline(p, voice, lang, speed, cancel=cancel.is_set)
+                )
+                while (result := await self.model_thread.run(self._next, chunks, cancel)) is not None:
+                    total += len(result.audio)
+                    yield result.audio
+        except (asyncio.CancelledError, GeneratorExit):
+            cancel.set()
+            self.counters.cancelled += 1
+            logger.info("client went away after %.1f s of audio; synthesis stopped", total / 24000)
+            raise
         self.counters.record(1, total / self.pipeline.sample_rate)
         logger.debug("synthesised %.2f s in %.2f s", total / 24000, time.perf_counter() - start)
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.options.model, "voice": self.options.voice, "counters": self.counters.as_dict()}
+        return {"voice": self.options.voice, "counters": self.counters.as_dict()}

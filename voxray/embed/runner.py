@@ -26,7 +26,9 @@ import numpy as np
 
 from voxray.audio import SAMPLE_RATE
 from voxray.embed.config import EmbeddingLayout, EmbedOptions, embedding_layout
-from voxray.encoder.core import EncoderCore, PaddingStats
+from voxray.encoder.core import EncoderCore, PaddingStats, resolve_backend
+from voxray.encoder.onnx_backend import OnnxEncoder, load_onnx_encoder
+from voxray.encoder.onnx_export import is_onnx_export, read_config, read_manifest
 from voxray.errors import InputError, ModelUnavailableError, VoxrayError, row_error
 from voxray.model_sources import load_pretrained, resolve_hf_model
 
@@ -79,8 +81,11 @@ class Embedder:
     """Load a wav2vec2-family encoder once; embed lists of 16 kHz arrays or columnar batches.
 
     ``model`` (any loaded wav2vec2-family model: ``Wav2Vec2Model``, ``HubertModel``, a ``*ForCTC``
-    whose base encoder is used) and ``feature_extractor`` may be injected, e.g. by a Serve replica
-    that already holds the ASR model; otherwise they load from ``options.model``.
+    whose base encoder is used, or an :class:`~voxray.encoder.onnx_backend.OnnxEncoder`) and
+    ``feature_extractor`` may be injected, e.g. by a Serve replica that already holds the ASR
+    model; otherwise they load from ``options.model``. With the onnx backend a torch checkpoint is
+    exported once with exactly the hidden-state entries the options need; a `voxray export asr`
+    directory serves ``--layer -1`` (its ``last_hidden_state``).
     """
 
     def __init__(
@@ -91,16 +96,30 @@ class Embedder:
         feature_extractor: Any = None,
     ) -> None:
         self.options = options or EmbedOptions()
+        path = None
         if model is None:
-            model, feature_extractor = self._load(self.options.model, self.options.revision)
-        base = getattr(model, "base_model", model)
-        config = base.config
-        layers = getattr(getattr(base, "encoder", None), "layers", None)
-        if layers is None or not hasattr(config, "conv_stride"):
-            raise ModelUnavailableError(
-                f"{self.options.model} ({type(base).__name__}) is not a wav2vec2-family encoder: expected a "
-                f"conv feature encoder (conv_stride in its config) and transformer layers at .encoder.layers"
-            )
+            path = resolve_hf_model(self.options.model, self.options.revision)
+        backend = resolve_backend(self.options, path)
+        export_dir = path if is_onnx_export(path) else None
+        if export_dir is not None:
+            feature_extractor = self._load_feature_extractor(export_dir)
+        elif path is not None:
+            model, feature_extractor = self._load(path, self.options.model)
+        if isinstance(model, OnnxEncoder):
+            backend, config, num_layers = "onnx", model.config, int(model.manifest["num_hidden_layers"])
+        elif export_dir is not None:
+            config = read_config(export_dir)
+            num_layers = int(read_manifest(export_dir)["num_hidden_layers"])
+        else:
+            base = getattr(model, "base_model", model)
+            config = base.config
+            layers = getattr(getattr(base, "encoder", None), "layers", None)
+            if layers is None or not hasattr(config, "conv_stride"):
+                raise ModelUnavailableError(
+                    f"{self.options.model} ({type(base).__name__}) is not a wav2vec2-family encoder: expected a "
+                    f"conv feature encoder (conv_stride in its config) and transformer layers at .encoder.layers"
+                )
+            num_layers = len(layers)
         fe = getattr(feature_extractor, "feature_extractor", feature_extractor)
         if fe is None:  # no preprocessor_config.json: follow HF's convention for the two norm styles
             do_normalize = getattr(config, "feat_extract_norm", "layer") == "layer"
@@ -110,36 +129,64 @@ class Embedder:
             rate = getattr(fe, "sampling_rate", SAMPLE_RATE)
             if rate != SAMPLE_RATE:
                 raise ModelUnavailableError(f"model expects {rate} Hz audio; voxray feeds {SAMPLE_RATE} Hz")
-        self.num_hidden_layers = len(layers)
+        self.num_hidden_layers = num_layers
         try:
             self.layout: EmbeddingLayout = embedding_layout(self.options, self.num_hidden_layers, config.hidden_size)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        self.core = EncoderCore(base, self.options, do_normalize=do_normalize)
+        if backend == "onnx" and not isinstance(model, OnnxEncoder):
+            torch_base = None if model is None else getattr(model, "base_model", model)
+            model = load_onnx_encoder(self.options, path, torch_model=torch_base, entries=self.layout.entries)
+        if isinstance(model, OnnxEncoder):
+            self._onnx_index = self._onnx_outputs(model)
+            self.core = EncoderCore(model, self.options, do_normalize=do_normalize)
+            self._layers = None
+        else:
+            base = getattr(model, "base_model", model)
+            self.core = EncoderCore(base, self.options, do_normalize=do_normalize)
+            self._layers = base.encoder.layers
         self.model = self.core.model
-        self._layers = layers
+        self.backend = self.core.backend
         self._mean_layers = isinstance(self.options.layer, list) and self.options.layer_combine == "mean"
         logger.info(
-            "embedding model %s on %s (%s), padding policy %s, entries %s, pooling %s, dim %d",
-            self.options.model, self.core.device, self.core.dtype, self.core.policy,
-            list(self.layout.entries), self.options.pooling, self.layout.dim,
+            "embedding model %s: %s on %s (%s; %s), padding policy %s, entries %s, pooling %s, dim %d",
+            self.options.model, self.backend, self.core.device, self.core.dtype, self.core.dtype_reason,
+            self.core.policy, list(self.layout.entries), self.options.pooling, self.layout.dim,
+        )
+
+    def _onnx_outputs(self, encoder: OnnxEncoder) -> list[int] | None:
+        """Where each needed entry sits in the export's ``hidden_states`` (None: ``last_hidden_state``)."""
+        needed = self.layout.entries
+        if "hidden_states" in encoder.outputs and encoder.entries is not None and set(needed) <= set(encoder.entries):
+            return [encoder.entries.index(e) for e in needed]
+        if "last_hidden_state" in encoder.outputs and set(needed) == {self.num_hidden_layers}:
+            return None
+        has = encoder.entries or [self.num_hidden_layers]
+        raise ModelUnavailableError(
+            f"the ONNX export {encoder.export_dir} has hidden-state entries {has}, not {list(needed)} "
+            f"(--layer {self.options.layer_label}): pass the torch checkpoint with --backend onnx to export "
+            f"those layers, or use --backend torch"
         )
 
     @staticmethod
-    def _load(name: str, revision: str | None) -> tuple[Any, Any]:
-        from transformers import AutoFeatureExtractor, AutoModel
+    def _load(path: str, name: str) -> tuple[Any, Any]:
+        from transformers import AutoModel
 
-        path = resolve_hf_model(name, revision)
         expected = (
             "a wav2vec2-family directory (config.json + weights), e.g. a Wav2Vec2/HuBERT checkpoint "
             "with or without a CTC head"
         )
         model = load_pretrained(AutoModel, path, name, expected)
+        return model, Embedder._load_feature_extractor(path)
+
+    @staticmethod
+    def _load_feature_extractor(path: str) -> Any:
+        from transformers import AutoFeatureExtractor
+
         try:
-            fe = AutoFeatureExtractor.from_pretrained(path)
+            return AutoFeatureExtractor.from_pretrained(path)
         except (OSError, ValueError):
-            fe = None
-        return model, fe
+            return None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -199,6 +246,18 @@ class Embedder:
         x = torch.stack([captured[e] for e in entries], dim=2).float()
         return x.mean(dim=2, keepdim=True) if self._mean_layers else x
 
+    def _onnx_hidden_states(self, inputs: np.ndarray, frame_mask: np.ndarray) -> Any:
+        """:meth:`hidden_states` through the ONNX export: the same ``[batch, frames, blocks', hidden]`` tensor."""
+        import torch
+
+        out = self.model.run(inputs, frame_mask)
+        if self._onnx_index is None:
+            hidden = out["last_hidden_state"][:, :, None]
+        else:
+            hidden = out["hidden_states"][:, :, self._onnx_index]
+        x = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32))
+        return x.mean(dim=2, keepdim=True) if self._mean_layers else x
+
     def _reduce(self, hidden: Any, row: int, keep: slice) -> _Moments:
         x = hidden[row, keep]  # [frames kept, blocks, hidden]
         pooling = self.options.pooling
@@ -240,8 +299,9 @@ class Embedder:
     # ---------------------------------------------------------------- public API
     def embed_arrays(self, audios: Sequence[np.ndarray | None]) -> list[EmbeddingResult]:
         """Embed 16 kHz mono float32 arrays; errors are per item, never raised."""
+        forward = self._onnx_hidden_states if self.backend == "onnx" else self.hidden_states
         with self.core.lock:
-            parts = self.core.run(audios, self.hidden_states, self._reduce)
+            parts = self.core.run(audios, forward, self._reduce)
         results = []
         for audio, part in zip(audios, parts, strict=True):
             duration = len(audio) / SAMPLE_RATE if audio is not None else 0.0

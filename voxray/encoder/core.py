@@ -1,16 +1,22 @@
 """The wav2vec2-family encoder core shared by the ASR and embedding runners.
 
-One place owns what both runners must do identically: device/dtype resolution, the padding
-policy read from the model config, per-file normalisation, long-audio chunking, length-aware
-batching with the attention mask, per-item error isolation and the keep-region arithmetic that
-stitches chunks. The runners differ only in what they keep from each forward pass: the CTC
-runner keeps logits, the embedder reduces hidden states to pooling statistics on the fly.
+One place owns what both runners must do identically: backend and device/dtype resolution, the
+padding policy read from the model config, per-file normalisation, long-audio chunking,
+length-aware batching with the attention mask, per-item error isolation and the keep-region
+arithmetic that stitches chunks. The runners differ only in what they keep from each forward
+pass: the CTC runner keeps logits, the embedder reduces hidden states to pooling statistics.
 
-Imports no Ray; torch is imported lazily.
+Two backends run the same plan: a torch module (``forward(tensor [B, N], attention mask or None)``)
+or an :class:`~voxray.encoder.onnx_backend.OnnxEncoder` (``forward(array [B, N], frame mask [B, T])``;
+the frame mask is always given, all True without padding).
+
+Imports no Ray; torch and onnxruntime are imported lazily.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -23,7 +29,7 @@ from voxray.audio import SAMPLE_RATE
 from voxray.encoder.batching import plan_batches
 from voxray.encoder.chunking import AudioChunk, plan_chunks
 from voxray.encoder.options import EncoderOptions
-from voxray.errors import InferenceError, InputError, VoxrayError
+from voxray.errors import InferenceError, InputError, ModelUnavailableError, VoxrayError
 
 logger = logging.getLogger("voxray.encoder")
 
@@ -62,11 +68,53 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype before the CPU rule: auto = float16 on CUDA, float32 on CPU (see :func:`cpu_prefers_bf16`)."""
     import torch
 
+    if dtype == "int8":
+        raise ModelUnavailableError("dtype int8 needs backend onnx (dynamic int8 MatMuls in onnxruntime)")
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_prefers_bf16() -> bool:
+    """bfloat16 beats float32 in torch only with AMX tiles: 2.3x on XLSR-large with AMX-BF16, but
+    0.61x with avx512_bf16 alone (measured on a Xeon without AMX). So auto asks for AMX-BF16."""
+    return "amx_bf16" in cpu_flags()
+
+
+# bf16 is kept only if the probe's every output frame stays this close to float32 (measured: the
+# shipped model's worst frame 0.99995, XLSR-large's 0.9998; a model that overflows in bf16 fails)
+BF16_MIN_COSINE = 0.999
+
+
+def resolve_backend(options: EncoderOptions, path: str | None) -> str:
+    """auto: onnx for an ONNX export directory (or when int8 is asked for), torch otherwise."""
+    from voxray.encoder.onnx_export import is_onnx_export
+
+    if options.backend != "auto":
+        if options.backend == "torch" and is_onnx_export(path):
+            raise ModelUnavailableError(
+                f"{path} is an ONNX export (no torch weights): use --backend onnx (or auto), or the torch checkpoint"
+            )
+        return options.backend
+    if options.dtype == "int8" or is_onnx_export(path):
+        return "onnx"
+    return "torch"
 
 
 def padding_policy(config: Any, requested: str = "auto") -> str:
@@ -103,7 +151,8 @@ class Piece:
     keep: slice
 
 
-# forward(inputs [B, T] on device, attention mask or None) -> whatever ``take`` slices
+# torch: forward(inputs [B, N] tensor on device, sample attention mask or None) -> whatever ``take`` slices;
+# onnx: forward(inputs [B, N] float32 array, frame mask [B, T] bool array) -> the same
 Forward = Callable[[Any, Any], Any]
 # take(forward output, row in batch, frames to keep of that row) -> a per-piece result
 Take = Callable[[Any, int, slice], R]
@@ -120,12 +169,24 @@ class EncoderCore:
     def __init__(self, model: Any, options: EncoderOptions, do_normalize: bool) -> None:
         import torch
 
+        from voxray.encoder.onnx_backend import OnnxEncoder
+
         self.options = options
         if options.threads:
             torch.set_num_threads(options.threads)
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.dtype_reason = "as asked"
+        if isinstance(model, OnnxEncoder):
+            self.backend = "onnx"
+            self.device, self.dtype, self.model = model.device, model.variant, model
+            if options.dtype == "auto":
+                self.dtype_reason = f"auto: the export's {model.variant} graph"
+        else:
+            self.backend = "torch"
+            self.device = resolve_device(options.device)
+            self.dtype = resolve_dtype(options.dtype, self.device)
+            self.model = model.to(self.device, dtype=self.dtype).eval()
+            if options.dtype == "auto" and self.device == "cpu":
+                self._auto_cpu_dtype(do_normalize)
         self.config = self.model.config
         self.do_normalize = do_normalize
         self.policy = padding_policy(self.config, options.padding)
@@ -133,6 +194,35 @@ class EncoderCore:
         self.receptive_field = receptive_field(self.config)
         self.stats = PaddingStats()
         self.lock = threading.Lock()  # Serve may call from several threads; torch modules are not reentrant
+
+    def _auto_cpu_dtype(self, do_normalize: bool) -> None:
+        """bfloat16 on AMX CPUs if a probe through both precisions agrees; float32 otherwise (logged)."""
+        import torch
+
+        from voxray.encoder.onnx_export import compare, probe_audio
+
+        if not cpu_prefers_bf16():
+            self.dtype_reason = "auto: float32 (no AMX-BF16 on this CPU)"
+            return
+        probe = torch.from_numpy(probe_audio())[None]
+
+        def output(model: Any, dtype: Any) -> np.ndarray:
+            with torch.inference_mode():
+                out = model(input_values=probe.to(dtype))
+            value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+            return value.float().numpy()
+
+        candidate = copy.deepcopy(self.model).to(torch.bfloat16)
+        figures = compare(output(self.model, torch.float32), output(candidate, torch.bfloat16))
+        if figures["min_frame_cosine"] >= BF16_MIN_COSINE:
+            self.model, self.dtype = candidate, torch.bfloat16
+            self.dtype_reason = f"auto: bfloat16 (AMX-BF16; probe worst-frame cosine {figures['min_frame_cosine']:.5f})"
+        else:
+            self.dtype_reason = (
+                f"auto: float32 (bfloat16 failed the parity probe: worst-frame cosine "
+                f"{figures['min_frame_cosine']:.5f} < {BF16_MIN_COSINE})"
+            )
+        logger.info("%s", self.dtype_reason)
 
     def num_frames(self, num_samples: int) -> int:
         return conv_frames(self.config, num_samples)
@@ -176,14 +266,18 @@ class EncoderCore:
         for i, s in enumerate(segments):
             x[i, : len(s)] = s
             mask[i, : len(s)] = 1
-        inputs = torch.from_numpy(x).to(self.device, dtype=self.dtype)
-        attention_mask = None
-        if self.policy == "mask" and len(set(lengths)) > 1:
-            attention_mask = torch.from_numpy(mask).to(self.device)
-        with torch.inference_mode():
-            out = forward(inputs, attention_mask)
         frames = [self.num_frames(n) for n in lengths]
         padded = self.num_frames(longest)
+        if self.backend == "onnx":  # the export masks per frame, as the HF forward does after its convs
+            with torch.inference_mode():
+                out = forward(x, self.model.frame_mask(frames))
+        else:
+            inputs = torch.from_numpy(x).to(self.device, dtype=self.dtype)
+            attention_mask = None
+            if self.policy == "mask" and len(set(lengths)) > 1:
+                attention_mask = torch.from_numpy(mask).to(self.device)
+            with torch.inference_mode():
+                out = forward(inputs, attention_mask)
         self.stats.forward_passes += 1
         self.stats.frames += padded * len(segments)
         self.stats.padded_frames += sum(padded - f for f in frames)

@@ -1,14 +1,14 @@
 """The encoder options both runners share: declared once, extended by ASR and embedding options.
 
-Model source, device/dtype, the padding policy and the batch and chunk planners' budgets mean the
-same for transcription and embeddings, so they have one declaration (and one help text each).
+Model source, backend, device/dtype, the padding policy and the batch and chunk planners' budgets
+mean the same for transcription and embeddings, so they have one declaration (and one help text each).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from voxray.config import Options
 
@@ -24,9 +24,17 @@ class EncoderOptions(Options):
         "Wav2Vec2ForCTC; embeddings take any wav2vec2/XLS-R/HuBERT encoder)",
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="inference engine: auto = onnx for a directory written by `voxray export`, torch otherwise; "
+        "onnx on a torch checkpoint exports it once (cached under $VOXRAY_CACHE/onnx)",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="compute dtype: auto = float16 on CUDA, float32 on CPU"
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
+        "auto",
+        description="compute dtype. auto: float16 on CUDA; on CPU bfloat16 where the CPU has AMX-BF16 and a "
+        "parity probe at load passes, else float32; with onnx the export's int8 graph when it has one "
+        "(float16 on CUDA), else float32. int8 (onnx only): MatMuls dynamically quantised, convs float",
     )
     batch_seconds: float = Field(
         160.0, gt=0, description="cap on padded audio seconds per forward pass (batch size x longest item)"
@@ -45,7 +53,9 @@ class EncoderOptions(Options):
         "exact-length buckets for group-norm models (padding would change their outputs); "
         "'none' forces batch size 1",
     )
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    threads: int | None = Field(
+        None, ge=1, description="torch and onnxruntime intra-op threads (default: torch's, for both)"
+    )
 
     @field_validator("stride_s")
     @classmethod
@@ -54,6 +64,14 @@ class EncoderOptions(Options):
         if v is not None and 2 * v >= chunk:
             raise ValueError(f"stride_s={v} leaves no centre in chunk_s={chunk}: need 2*stride_s < chunk_s")
         return v
+
+    @model_validator(mode="after")
+    def _dtype_fits_backend(self) -> EncoderOptions:
+        if self.dtype == "int8" and self.backend == "torch":
+            raise ValueError("dtype int8 needs backend onnx (dynamic int8 MatMuls in onnxruntime)")
+        if self.dtype == "bfloat16" and self.backend == "onnx":
+            raise ValueError("dtype bfloat16 needs backend torch (onnxruntime has no bfloat16 CPU kernels)")
+        return self
 
     @property
     def effective_stride_s(self) -> float:

@@ -8,8 +8,9 @@ status rows (progress bar with ETA) -> when every chunk is done or failed, the a
 chunk files into chapter files, ``chapters.json``, ``subtitles.srt`` and the .m4b -> ``run.json``.
 
 A chunk that raises is retried once in the actor; a second failure is written as
-``KEY.failed.json``, listed in ``run.json`` and replaced by silence. A rerun retries failed
-chunks and skips finished ones, so a killed job picks up where it stopped.
+``KEY.failed.json``, listed in ``run.json`` and replaced by silence (so is a chunk that keeps
+killing its actor, after bounded retries). A rerun retries failed chunks and skips finished ones,
+so a killed job picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import os
 import time
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxray.audiobook.book import Book, BookChunk, plan_chunks, read_book, settings_fingerprint
 from voxray.audiobook.config import AudiobookOptions
 from voxray.audiobook.store import ChunkStore
-from voxray.config import RayOptions, ResourceOptions
+from voxray.config import RayOptions, ResourceOptions, RetryOptions
 from voxray.errors import InferenceError, TextError, row_error
-from voxray.jobs.tts_stages import tts_stage
+from voxray.jobs.audio_stages import concat_columns
+from voxray.jobs.faults import guarded
+from voxray.jobs.runtime import check_runner_device
+from voxray.jobs.tts_stages import TTSActor, tts_stage
 from voxray.results import RunReport, now_iso, write_report
 from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, TTSOptions
@@ -48,15 +52,16 @@ class AudiobookJob(AudiobookOptions):
     tts: TTSOptions = Field(default_factory=TTSOptions)
     ray: RayOptions = Field(default_factory=RayOptions)
     resources: ResourceOptions = Field(default_factory=_audiobook_resources)
+    retries: RetryOptions = Field(default_factory=RetryOptions)
     progress: bool = Field(True, description="show a progress bar over chunks, with an ETA")
     limit: int | None = Field(
         None, ge=1, description="synthesize at most this many new chunks, then stop (a rerun resumes)"
     )
-    inject_failures: dict[str, int] = Field(
-        default_factory=dict,
-        description="TESTS ONLY: chunk id -> how many attempts of that chunk raise an injected error "
-        "(1: the retry succeeds; 2 or more: the chunk fails and becomes silence)",
-    )
+
+    @model_validator(mode="after")
+    def _one_device_option(self) -> AudiobookJob:
+        check_runner_device(self.tts.device)
+        return self
 
 CHUNK_DIR = "chunks"
 
@@ -84,21 +89,24 @@ def sentence_times(graphemes: str, start_s: float, duration_s: float) -> list[tu
 
 
 # ---------------------------------------------------------------- model stage (Ray actors)
-class AudiobookActor:
-    """One :class:`TTSPipeline` per actor; synthesises a chunk, retries once, writes it to the store."""
+class AudiobookActor(TTSActor):
+    """One :class:`TTSPipeline` per actor; synthesises a chunk, retries once, writes it to the store.
 
-    def __init__(self, options: dict[str, Any], chunk_root: str, inject: dict[str, int] | None = None) -> None:
+    A chunk whose synthesis kills the actor (bounded, :mod:`voxray.jobs.faults`) is written as
+    failed, like one that raised twice, and becomes silence.
+    """
+
+    def __init__(self, options: dict[str, Any], chunk_root: str, state: Any = None, device: str = "cpu",
+                 crashes_per_input: int = 2) -> None:
+        super().__init__(state=state, device=device, crashes_per_input=crashes_per_input)
         from voxray.tts.pipeline import TTSPipeline
 
-        self.pipeline = TTSPipeline(TTSOptions(**options))
+        self.pipeline = TTSPipeline(TTSOptions(**{**options, "device": self.device}))
         self.store = ChunkStore(chunk_root)
-        self.inject = dict(inject or {})
 
     def _synthesize(self, chunk_id: str, text: str, attempt: int) -> tuple[Any, list[tuple[float, float, str]]]:
         import numpy as np
 
-        if attempt <= self.inject.get(chunk_id, 0):
-            raise InferenceError(f"injected failure of chunk {chunk_id} (attempt {attempt}; tests only)")
         pieces, sentences, t = [], [], 0.0
         for result in self.pipeline(text):
             d = len(result.audio) / SAMPLE_RATE
@@ -130,15 +138,31 @@ class AudiobookActor:
         return {"id": chunk_id, "samples": samples, "chars": len(text), "error": error or "",
                 "attempts": attempts, "synth_s": time.perf_counter() - t0}
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def process(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = [self.run_chunk(str(i), str(k), str(t)) for i, k, t in zip(batch["id"], batch["key"], batch["text"],
                                                                           strict=True)]
         return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
 
+    def crash_rows(self, batch: dict[str, Any], message: str) -> dict[str, Any]:
+        rows = []
+        for chunk_id, key, text in zip(batch["id"], batch["key"], batch["text"], strict=True):
+            self.store.write_failed(str(key), {"id": str(chunk_id), "error": message, "attempts": 0,
+                                               "text": str(text)[:200]})
+            rows.append({"id": str(chunk_id), "samples": 0, "chars": len(str(text)), "error": message,
+                         "attempts": 0, "synth_s": 0.0})
+        return {name: [r[name] for r in rows] for name in rows[0]}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return guarded(self.state, self.stage, batch, self.process, self.crash_rows, concat_columns,
+                       self.crashes_per_input)
+
 
 # ---------------------------------------------------------------- driver
-def run_audiobook(job: AudiobookJob) -> dict[str, Any]:
-    """Run the job to completion (or to ``limit`` new chunks) and return ``run.json`` as a dict."""
+def run_audiobook(job: AudiobookJob, actor_cls: type[AudiobookActor] | None = None) -> dict[str, Any]:
+    """Run the job to completion (or to ``limit`` new chunks) and return ``run.json`` as a dict.
+
+    ``actor_cls`` replaces the Kokoro stage (a subclass, e.g. in tests).
+    """
     from voxray.audiobook.assemble import assemble_book
 
     t0 = time.perf_counter()
@@ -161,7 +185,7 @@ def run_audiobook(job: AudiobookJob) -> dict[str, Any]:
                 len(book.chapters), book.chars, len(chunks), report.skipped_already_done, len(todo))
     rows: list[dict[str, Any]] = []
     if todo:
-        rows = _run_pipeline(job, todo, keys, store, report)
+        rows = _run_pipeline(job, todo, keys, store, report, actor_cls or AudiobookActor)
     synth_wall = time.perf_counter() - t0
     done, failed = store.listing()
     failed -= done
@@ -231,7 +255,8 @@ def _peak_rss_mb() -> float:
 
 
 def _run_pipeline(
-    job: AudiobookJob, todo: list[BookChunk], keys: dict[str, str], store: ChunkStore, report: RunReport
+    job: AudiobookJob, todo: list[BookChunk], keys: dict[str, str], store: ChunkStore, report: RunReport,
+    actor_cls: type[AudiobookActor],
 ) -> list[dict[str, Any]]:
     """Synthesize ``todo`` on a Ray actor pool; returns the small per-chunk status rows."""
     from tqdm import tqdm
@@ -242,9 +267,7 @@ def _run_pipeline(
     chars_done = failures = 0
     with (
         tts_stage(  # one bar over chunks (below) instead of Ray's per-operator bars
-            items, AudiobookActor, {"chunk_root": store.root, "inject": job.inject_failures},
-            ray_options=job.ray, resources=job.resources, tts=job.tts, report=report, max_blocks=2000,
-            ray_progress_bars=False,
+            items, actor_cls, {"chunk_root": store.root}, job=job, report=report, max_blocks=2000,
         ) as ds,
         tqdm(total=len(items), unit="chunk", desc="audiobook", disable=not job.progress, dynamic_ncols=True,
              smoothing=0.1) as bar,

