@@ -199,6 +199,7 @@ def test_columnar_call_keeps_per_item_errors(layer_model):
     assert embedder.embed(batch)["error"] == out["error"]  # embed() takes the columnar form too
 
 
+@pytest.mark.slow  # one ONNX export (~10 s of torch.export tracing)
 def test_injected_torch_encoder_runs_on_onnx_when_asked(layer_model):
     """An injected model (a Serve replica's) with ``backend=onnx`` is exported to a temporary dir."""
     from transformers import AutoModel

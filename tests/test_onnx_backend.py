@@ -175,6 +175,7 @@ def test_chunking_and_per_item_errors_are_unchanged_on_onnx(export_dir):
     assert out["error"][1] == "decode: broken" and out["error"][2].startswith("bad_input: audio is too short")
 
 
+@pytest.mark.slow  # its own export (~10 s of torch.export tracing)
 def test_group_norm_model_keeps_exact_length_batches_on_onnx(tmp_path):
     model = build_ctc_model(str(tmp_path / "group"), "tiny", norm="group", seed=2)
     audios = _audios() + [synth_speechlike(1.7, seed=1), synth_speechlike(1.7, seed=1)]

@@ -124,6 +124,10 @@ class StreamingASR:
     @classmethod
     def from_runner(cls, runner: Any, options: StreamingOptions | None = None) -> StreamingASR:
         """Share the model an :class:`~voxray.asr.ASRRunner` already loaded (same weights, same decoder)."""
+        if not hasattr(runner.model, "wav2vec2"):  # the ONNX backend's graphs are not split per window yet
+            from voxray.errors import InputError
+
+            raise InputError("streaming runs on the torch backend: use --backend torch for live transcription")
         return cls(runner.model, runner.decoder, options, do_normalize=runner.do_normalize, policy=runner.policy)
 
     def session(self, endpointing: bool = True, endpoint_s: float | None = None) -> StreamSession:
