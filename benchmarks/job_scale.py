@@ -6,10 +6,12 @@
    the seconds from launch to the first row reaching the driver and to the first row on disk
    (``commit_s`` 5 here, so the commit age does not dominate). The driver is then SIGKILLed
    (the job would take hours on 2 cores); the benchmark checks its Ray processes are gone.
-2. Faults: an N-file job (5% corrupt) run clean, then with K SIGKILLs of a model actor (one after
-   each of the first K commits), in the same Ray session, both with a pool of one single-threaded
-   actor per core: rows lost, duplicate ids, texts and wall time against the clean run. A kill
-   costs an actor restart (a new process importing torch and loading the model, ~5-10 s here).
+2. Faults: an N-file job (5% corrupt, the ``small`` random architecture) run clean, then with K
+   SIGKILLs of a model actor (each after a commit, once the pool is whole again), in the same Ray
+   session, both with a pool of one single-threaded actor per core: rows lost, duplicate ids,
+   texts and wall time against the clean run. A kill costs an actor restart (a new process
+   importing torch and loading the model: 5-10 s on a busy 2-core machine) plus its in-flight
+   batch, redone one input at a time.
 
     python benchmarks/job_scale.py [--quick] [--json PATH]
 
@@ -140,6 +142,8 @@ def bench_planning(root: Path, rows: int, files: list[str], model: str, tail_s: 
 
 
 def bench_faults(root: Path, files: list[str], model: str, kills: int) -> dict[str, Any]:
+    """Clean vs K actor kills, same session, same files; ``model`` is the ``small`` random architecture
+    (4 layers x 256: ~30 ms per short row per thread here) so the job has work to lose."""
     import ray  # noqa: F401
 
     from voxray.cluster import init_ray, shutdown_ray
@@ -152,24 +156,30 @@ def bench_faults(root: Path, files: list[str], model: str, kills: int) -> dict[s
                              resources={"rows_per_call": 16, "actors": os.cpu_count() or 2, "cpus_per_actor": 0.5,
                                         "threads_per_actor": 1})
 
-    def killer(out: Path, done: threading.Event, killed: list[int]) -> None:
+    def actor_pids() -> list[int]:
         from voxray.cluster import _processes
 
+        return [pid for pid, (_, cmd) in _processes().items() if cmd.startswith(b"ray::") and b"TranscribeActor" in cmd]
+
+    def killer(out: Path, done: threading.Event, killed: list[int]) -> None:
+        """Kill one live actor after a commit; the next kill waits until the pool is whole again
+        and has committed since (each kill hits a working pool, not one still restarting)."""
+        pool = os.cpu_count() or 2
         seen = 0
         while not done.is_set() and len(killed) < kills:
             shards = len(list_shards(str(out)))
-            if shards > seen:  # one kill after each new commit, until K kills
-                seen = shards
-                for pid, (_, cmd) in _processes().items():
-                    if cmd.startswith(b"ray::") and b"TranscribeActor" in cmd:
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(pid)
-                        break
+            pids = actor_pids()
+            if shards > seen and len(pids) >= pool:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                time.sleep(1.0)  # let Ray notice before the pool is counted again
+                seen = len(list_shards(str(out)))
             time.sleep(0.2)
 
     init_ray(RayOptions(num_cpus=os.cpu_count()))
     try:
-        run_transcribe(job(root / "warm").model_copy(update={"inputs": files[:8]}))  # imports, page cache
+        warm = job(root / "warm")
+        run_transcribe(warm.model_copy(update={"inputs": files[:32]}))  # imports, page cache
         clean = run_transcribe(job(root / "clean"))
         done, killed = threading.Event(), []
         chaos = threading.Thread(target=killer, args=(root / "faulty", done, killed), daemon=True)
@@ -205,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         n_real = 2000 if args.quick else 4000
         real = make_files(tmp / "real", n_real)
         plan = bench_planning(tmp, 1_000_000, real, model, tail_s=15 if args.quick else 45)
-        n_fault = 600 if args.quick else 2000
+        n_fault = 2000 if args.quick else 4000
         bad = make_files(tmp / "bad", 0, corrupt=max(1, n_fault // 20))
-        faults = bench_faults(tmp, real[:n_fault] + bad, model, kills=3 if args.quick else 6)
+        small = build_ctc_model(str(tmp / "model-small"), "small", seed=3)
+        faults = bench_faults(tmp, real[:n_fault] + bad, small, kills=3 if args.quick else 6)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = faults["faulty"]["wall_s"] / faults["clean"]["wall_s"]

@@ -172,6 +172,8 @@ def main() -> None:
         if "wall_s" in r:
             row["chars_per_s"] = chars / r["wall_s"]
             row["rtf"] = r["wall_s"] / r["audio_s"] if r["audio_s"] else 0.0
+            print(f"    {row['chars_per_s']:.1f} chars/s, RTF {row['rtf']:.3f}, peak RSS {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
         rows.append(row)
     os.unlink(data_path)
 

@@ -174,3 +174,19 @@ def test_job_flags(tmp_path):
     assert TranscribeJob(**collect_options(args)).retry_errors == ["crash", "decode"]
     with pytest.raises(ValueError, match="resources.device"):
         TranscribeJob(out="o", asr={"device": "cuda"})  # one home for a job's device
+
+
+def test_probe_block_uses_manifest_durations_and_sorts_the_window(tmp_path):
+    import numpy as np
+
+    from voxray.audio import write_audio
+    from voxray.jobs.audio_stages import probe_block
+
+    write_audio(str(tmp_path / "a.wav"), np.zeros(8000, np.float32), 16000)  # 0.5 s, probed from its header
+    batch = {"id": np.array(["given", "probed", "broken"], object),
+             "path": np.array([str(tmp_path / "not-read.wav"), str(tmp_path / "a.wav"), str(tmp_path / "no.wav")],
+                              object),
+             "duration_s": np.array([3.0, np.nan, np.nan])}
+    out = probe_block(batch)
+    assert list(out["id"]) == ["broken", "probed", "given"]  # unreadable first (fails fast), then by length
+    assert list(out["duration_s"]) == [-1.0, 0.5, 3.0]  # the manifest's 3.0 kept: that file was never opened

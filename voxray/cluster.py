@@ -296,6 +296,7 @@ def init_ray(options: RayOptions | None = None) -> bool:
         logger.debug("started a local Ray cluster: %s", ray.cluster_resources())
         _started_local = True
         _start_watchdog()
+    session_dir()  # remembered: the console keeps Ray's filtered lines there after the job
     _forward_voxray_worker_logs()
     return True
 
@@ -322,13 +323,19 @@ def shutdown_ray() -> None:
         _watchdog = None
 
 
+_last_session: str | None = None
+
+
 def session_dir() -> str | None:
+    """The Ray session directory of this driver (the last one, after a shutdown), for its logs."""
+    global _last_session
     try:
         import ray
 
-        return ray._private.worker._global_node.get_session_dir_path()
+        _last_session = ray._private.worker._global_node.get_session_dir_path()
     except Exception:
-        return None
+        pass
+    return _last_session
 
 
 def _start_watchdog() -> None:

@@ -148,7 +148,7 @@ def build_audio_stages(job: Any, actor_cls: type, actor_kwargs: dict[str, Any], 
     probe_args = {"num_cpus": 0.25, **retry}
 
     def build(ds: Any, state: Any) -> Any:
-        ds = map_stage(ds, probe_block, batch_size=rows_per_block, batch_format="numpy", **probe_args)
+        ds = map_stage(ds, probe_block, batch_size=None, batch_format="numpy", **probe_args)  # one block each
         ds = split_blocks(ds, DECODE_ROWS, probe_args)
         ds = map_stage(ds, decode_stage, batch_size=DECODE_ROWS, batch_format="numpy", num_cpus=job.decode_cpus,
                        fn_kwargs={"state": state, "crashes_per_input": job.retries.crashes_per_input}, **retry)

@@ -93,10 +93,11 @@ def data_context(plan: PoolPlan, retries: RetryOptions) -> Iterator[Any]:
     saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "wait_for_min_actors_s",
                                           "max_consecutive_actor_init_deaths")}
     ctx.enable_progress_bars = False  # voxray draws one progress line for the whole job
-    # Block at the start until min_actors run (an autoscaler may be adding GPU nodes); a local
-    # cluster was checked to fit, this only bounds a slow start. An actor that raises at start
-    # (no CUDA device, model missing) fails the job at once.
-    ctx.wait_for_min_actors_s = int(plan.wait_s) if plan.wait_s > 0 else 600
+    # On a cluster that may grow: block at the start until min_actors run (an autoscaler may be
+    # adding GPU nodes), fail after the wait; an actor that raises at start (no CUDA device)
+    # fails the job at once. A local cluster was checked to fit: its actors load their models
+    # while the first inputs are read, probed and decoded (a start that raises is retried, bounded).
+    ctx.wait_for_min_actors_s = int(plan.wait_s) if plan.wait_s > 0 else -1
     ctx.max_consecutive_actor_init_deaths = retries.actor_restarts
     try:
         yield ctx
@@ -222,8 +223,19 @@ class PipelineResult:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def block_bounds(n: int, rows_per_block: int, first: int = 64) -> list[tuple[int, int]]:
+    """Row ranges of the input blocks: the first ones small (the first model batch starts after a
+    few dozen headers, not a whole window), doubling up to ``rows_per_block``."""
+    bounds, start, size = [], 0, min(first, rows_per_block)
+    while start < n:
+        stop = min(n, start + size)
+        bounds.append((start, stop))
+        start, size = stop, min(rows_per_block, size * 2)
+    return bounds
+
+
 def input_dataset(table: pa.Table, rows_per_block: int, task_retries: int) -> Any:
-    """``table`` as a dataset of ``rows_per_block``-row blocks, put in the object store once.
+    """``table`` as a dataset of blocks of up to ``rows_per_block`` rows, put in the object store once.
 
     The blocks are cut by read tasks, in parallel and as the pipeline pulls them: the driver makes
     one ``ray.put`` (a few tens of MB for a million rows), not one per block.
@@ -233,7 +245,8 @@ def input_dataset(table: pa.Table, rows_per_block: int, task_retries: int) -> An
     from ray.data.block import BlockMetadata
 
     ref = ray.put(table)
-    n, schema = table.num_rows, table.schema
+    bounds = block_bounds(table.num_rows, rows_per_block)
+    schema = table.schema
 
     class TableSlices(Datasource):
         def estimate_inmemory_data_size(self) -> int:
@@ -242,8 +255,7 @@ def input_dataset(table: pa.Table, rows_per_block: int, task_retries: int) -> An
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list[Any]:
             tasks = []
-            for start in range(0, n, rows_per_block):
-                stop = min(n, start + rows_per_block)
+            for start, stop in bounds:
 
                 def read(start: int = start, stop: int = stop) -> list[pa.Table]:
                     import ray
@@ -255,10 +267,9 @@ def input_dataset(table: pa.Table, rows_per_block: int, task_retries: int) -> An
                                                           exec_stats=None), schema=schema))
             return tasks
 
-    blocks = max(1, math.ceil(n / rows_per_block))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        return ray.data.read_datasource(TableSlices(), override_num_blocks=blocks, num_cpus=0.25,
+        return ray.data.read_datasource(TableSlices(), override_num_blocks=len(bounds), num_cpus=0.25,
                                         ray_remote_args=remote_retry_args(task_retries))
 
 
