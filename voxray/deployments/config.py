@@ -23,6 +23,17 @@ DEFAULT_MODEL_CPUS = 1.0
 DEFAULT_INGRESS_CPUS = 0.5
 
 
+
+def read_api_key(env: str, path: str | None) -> str | None:
+    """An API key read on the node where this runs: the file (a mounted Secret) first, then ``$env``."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+    return os.environ.get(env) or None
+
 class AutoscalingOptions(Options):
     """Serve's autoscaling knobs (a subset of ``ray.serve.config.AutoscalingConfig``)."""
 
@@ -163,13 +174,7 @@ class IngressOptions(ReplicaOptions):
 
     def api_key(self) -> str | None:
         """The configured key, read where this runs (file first, then env); None = auth off."""
-        if self.api_key_file:
-            try:
-                with open(self.api_key_file, encoding="utf-8") as fh:
-                    return fh.read().strip() or None
-            except OSError:
-                return None
-        return os.environ.get(self.api_key_env) or None
+        return read_api_key(self.api_key_env, self.api_key_file)
 
     @property
     def max_bytes(self) -> int:

@@ -29,7 +29,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import time
 import uuid
 from typing import Any
@@ -43,6 +42,7 @@ from voxray.asr.config import ASROptions
 from voxray.asr.streaming import StreamEvent, StreamingASR, StreamingOptions, StreamSession
 from voxray.audio import SAMPLE_RATE
 from voxray.config import Options
+from voxray.deployments.config import read_api_key
 
 logger = logging.getLogger("voxray.deployments.realtime")
 
@@ -73,13 +73,7 @@ class RealtimeOptions(Options):
 
     def api_key(self) -> str | None:
         """The key, read on the replica's node (file first, then env); None = auth off."""
-        if self.api_key_file:
-            try:
-                with open(self.api_key_file, encoding="utf-8") as fh:
-                    return fh.read().strip() or None
-            except OSError:
-                return None
-        return os.environ.get(self.api_key_env) or None
+        return read_api_key(self.api_key_env, self.api_key_file)
 
 
 class WindowBatcher:
