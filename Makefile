@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[tts,dev]"
+	# Kokoro's torch model without its extras (misaki[en] would pull a CUDA torch and phonemizer-fork)
+	$(BIN)/python -m pip install -q --no-deps kokoro==0.9.4
 	touch $(STAMP)
 
 test: lint web

