@@ -142,7 +142,7 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.batch, args.model, args.data, args.device)))
         return
 
-    from voxray.tts.assets import cache_dir
+    from voxray.storage import cache_dir
 
     n = args.sentences or (8 if args.quick else 64)
     batches = [4, 8] if args.quick else [4, 8, 16]

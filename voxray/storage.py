@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -40,3 +42,22 @@ def unstrip(url: str, fs: Any, path: str) -> str:
 def ensure_dir(out: str) -> None:
     fs, path = fs_and_path(out)
     fs.makedirs(path, exist_ok=True)
+
+
+def cache_dir() -> Path:
+    """``$VOXRAY_CACHE`` or ``$XDG_CACHE_HOME/voxray`` or ``~/.cache/voxray``: one per machine/user
+    (assembled Kokoro weights, converted torch weights, on-the-fly ONNX exports)."""
+    base = os.environ.get("VOXRAY_CACHE")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(xdg, "voxray")
+    return Path(base)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a local file, read in 1 MiB blocks (model files are ~100 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

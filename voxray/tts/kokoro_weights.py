@@ -14,7 +14,6 @@ keyed by the source model's SHA-256 and this converter's version, written atomic
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from voxray.errors import ModelUnavailableError
+from voxray.storage import cache_dir, sha256_file
 
 logger = logging.getLogger("voxray.tts")
 
@@ -300,14 +300,6 @@ def load_into(kmodel: Any, weights: Mapping[str, Mapping[str, Any]], strict: boo
                 )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # (path, size, mtime_ns) of converted weights this process has already hashed
 _verified: set[tuple[str, int, int]] = set()
 
@@ -316,17 +308,17 @@ def converted_weights_path(onnx_path: str | os.PathLike, cache: Path | None = No
     """The cached torch state dict converted from ``onnx_path`` (built now if absent or stale)."""
     import torch
 
-    from voxray.tts.assets import EMBEDDED_FILE, cache_dir, embedded_sha256
+    from voxray.tts.assets import EMBEDDED_FILE, embedded_sha256
 
     src = Path(onnx_path)
     # resolve_model has already checked the embedded graph against its shipped SHA-256
-    source_sha = embedded_sha256() if src.name == EMBEDDED_FILE else _sha256(src)
+    source_sha = embedded_sha256() if src.name == EMBEDDED_FILE else sha256_file(src)
     dest = (cache or cache_dir() / "kokoro") / f"kokoro-torch-{source_sha[:16]}-v{CONVERTER_VERSION}.pt"
     sidecar = dest.with_suffix(".sha256")
     if dest.exists() and sidecar.exists():
         st = dest.stat()
         key = (str(dest), st.st_size, st.st_mtime_ns)
-        if key in _verified or sidecar.read_text().strip() == _sha256(dest):
+        if key in _verified or sidecar.read_text().strip() == sha256_file(dest):
             _verified.add(key)
             return dest
         logger.warning("cached torch weights %s fail their SHA-256 check; rebuilding", dest)
@@ -336,7 +328,7 @@ def converted_weights_path(onnx_path: str | os.PathLike, cache: Path | None = No
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         torch.save({"source_sha256": source_sha, "converter": CONVERTER_VERSION, **weights}, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, dest)
         sidecar.write_text(digest + "\n")
     finally:
