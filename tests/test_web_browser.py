@@ -120,7 +120,7 @@ def server():
 @pytest.fixture(scope="module")
 def page(server):
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+        pytest.fail("Debian chromium is not installed: apt-get install -y chromium (.ci/run does it)")
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ CASES = [
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed: the parity suite needs node + npm (on every machine of this kind)")
     if not (WEB / "node_modules" / "onnxruntime-node").is_dir():
         pytest.fail("web/node_modules is missing: run `make web` (npm ci in web/)")
     return node
