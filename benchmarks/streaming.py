@@ -148,8 +148,10 @@ def _deploy(model: str, batch_streams: bool, port: int) -> str:
 
     from voxray.deployments.realtime import build_realtime_app
 
-    serve.run(build_realtime_app({"asr": {"model": model}, "num_cpus": 0.5, "max_sessions": 128,
-                                  "max_replicas": 1, "batch_streams": batch_streams}),
+    serve.run(build_realtime_app({"asr": {"model": model},
+                                  "realtime_deployment": {"num_cpus": 0.5, "max_sessions": 128,
+                                                          "autoscaling": {"max_replicas": 1},
+                                                          "batch_streams": batch_streams}}),
               name="voxray-realtime", route_prefix="/v1/realtime")
     return f"127.0.0.1:{port}"
 

@@ -394,16 +394,20 @@ def test_gpu_overlay_serves_asr_and_embeddings_on_gpus():
     from voxray.deployments.config import ServeAppConfig
 
     (svc,) = objects("gpu", "RayService")
-    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
-    config = ServeAppConfig(**app["args"])
-    assert config.asr_deployment.num_gpus >= 0.5 and config.embed_deployment.num_gpus >= 0.5
-    assert {c["path"][-2] for c in declared_serve_changes("gpu")} == {"asr_deployment", "embed_deployment"}
+    apps = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    assert [a["name"] for a in apps] == ["voxray", "voxray-realtime"]
+    for app in apps:  # one args block: the realtime app streams the same ASR model, on its own GPU share
+        config = ServeAppConfig(**app["args"])
+        assert config.asr_deployment.num_gpus >= 0.5 and config.embed_deployment.num_gpus >= 0.5
+        assert config.realtime_deployment.num_gpus >= 0.5
+    assert {c["path"][-2] for c in declared_serve_changes("gpu")} == {"asr_deployment", "embed_deployment",
+                                                                      "realtime_deployment"}
     # the replicas' GPUs exist in that cluster: a GPU group scaling from zero
     gpu_groups = [g for _, g in groups(ray_cluster_specs(svc)) if int(g["rayStartParams"].get("num-gpus", 0))]
     assert gpu_groups and all(g["minReplicas"] == 0 for g in gpu_groups)
     (cpu_svc,) = objects("cpu-dev", "RayService")
-    (cpu_app,) = yaml.safe_load(cpu_svc["spec"]["serveConfigV2"])["applications"]
-    assert ServeAppConfig(**cpu_app["args"]).asr_deployment.num_gpus == 0  # no GPUs there
+    for cpu_app in yaml.safe_load(cpu_svc["spec"]["serveConfigV2"])["applications"]:
+        assert ServeAppConfig(**cpu_app["args"]).asr_deployment.num_gpus == 0  # no GPUs there
 
 
 def test_gpu_batch_jobs_scale_their_gpu_workers_from_zero():
@@ -421,7 +425,8 @@ def test_serve_import_paths_import_and_args_parse():
     from voxray.deployments.config import ServeAppConfig
 
     apps = _serve_yaml()["applications"]
-    assert apps
+    assert [(a["name"], a["route_prefix"]) for a in apps] == [("voxray", "/"), ("voxray-realtime", "/v1/realtime")]
+    assert apps[0]["args"] == apps[1]["args"]  # one config: the realtime app streams the HTTP app's ASR model
     for app in apps:
         module, _, attr = app["import_path"].partition(":")
         target = getattr(importlib.import_module(module), attr)

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from net import free_port
+from net import free_port, serve_on
 
 from voxray.audio import SAMPLE_RATE, decode_audio, resample
 
@@ -43,13 +43,13 @@ def realtime(ray_cluster, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("secret") / "key"
     key_file.write_text(KEY + "\n")  # read by the replica on its node, as a mounted Secret would be
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_realtime_app({"asr": {"model": str(ROOT / "models" / "ko-synthetic-ctc")}, "num_cpus": 0.2,
-                              "max_sessions": 4, "max_replicas": 1, "api_key_file": str(key_file)})
-    serve.run(app, name="voxray-realtime", route_prefix="/v1/realtime")
-    base = f"127.0.0.1:{port}"
-    yield base
-    serve.delete("voxray-realtime")
+    with serve_on(port):
+        app = build_realtime_app({"asr": {"model": str(ROOT / "models" / "ko-synthetic-ctc")},
+                                  "realtime_deployment": {"num_cpus": 0.2, "max_sessions": 4,
+                                                          "autoscaling": {"max_replicas": 1}},
+                                  "ingress": {"api_key_file": str(key_file)}})
+        serve.run(app, name="voxray-realtime", route_prefix="/v1/realtime")
+        yield f"127.0.0.1:{port}"
 
 
 def _pcm16_b64(audio: np.ndarray, rate: int = 24000) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from net import free_port, wait_healthy
+from net import free_port, serve_on, wait_healthy
 from test_serve_units import HOSTILE, flac_with_unknown_length
 
 from voxray.audio import decode_audio, encode_audio
@@ -52,12 +52,10 @@ def server(ray_cluster, tmp_path_factory):
 
     model_dir = build_ctc_model(str(tmp_path_factory.mktemp("serve-model") / "ko-tiny"), "tiny", seed=9)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(_config(model_dir)), name="voxray", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base)
-    yield base, model_dir, port
-    serve.shutdown()
+    with serve_on(port) as base:
+        serve.run(build_app(_config(model_dir)), name="voxray", route_prefix="/")
+        wait_healthy(base)
+        yield base, model_dir, port
 
 
 def _wav(seconds: float, seed: int = 0, sr: int = 16000) -> bytes:

@@ -4,6 +4,7 @@ with a message naming every deployment (and so does ``build_app``, as ``serve ru
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -76,9 +77,24 @@ def test_cli_fails_fast_on_an_unschedulable_config(model_dir, tmp_path, ray_tmp)
     assert time.monotonic() - start < 120
     err = [line for line in proc.stderr.splitlines() if line.startswith("voxray: error:")]
     assert len(err) == 1, proc.stderr[-3000:]
-    for needle in ("ASR 1 x {CPU: 4}", "Embed 1 x", "TTS 1 x", "Ingress 1 x", "the cluster has {CPU: 2}"):
+    for needle in ("ASR 1 x {CPU: 4}", "Embed 1 x", "TTS 1 x", "RealtimeTranscription 1 x", "Ingress 1 x",
+                   "the cluster has {CPU: 2}"):
         assert needle in err[0], err[0]
     assert "Traceback" not in proc.stderr
+
+
+async def _realtime_hello(url: str, key: str) -> tuple[str, int]:
+    """The first event of a keyed session, and the close code of an unkeyed one."""
+    import json
+
+    import websockets
+
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=60) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 60))["type"]
+    async with websockets.connect(url, open_timeout=60) as ws:
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 60)
+        return first, ws.close_code
 
 
 def test_cli_shipped_defaults_healthy_openai_and_sigterm_drains(model_dir, ray_tmp):
@@ -113,6 +129,10 @@ def test_cli_shipped_defaults_healthy_openai_and_sigterm_drains(model_dir, ray_t
         speech = client.audio.speech.create(model="tts-1", voice="jf_alpha", input="Hello.", response_format="wav")
         assert speech.content[:4] == b"RIFF"
         assert {m.id for m in client.models.list().data} >= {"ko-cli", "whisper-1", "tts-1"}
+        # the realtime application came up beside it, from the same config and behind the same key
+        assert any(f"realtime ASR on ws://127.0.0.1:{port}/v1/realtime" in line for line in lines)
+        assert asyncio.run(_realtime_hello(f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription", key)) == (
+            "transcription_session.created", 1008)
 
         # an in-flight stream, then SIGTERM: it must finish, then the process stops cleanly
         long_text = " ".join(f"Sentence {i} of an answer that is still being spoken." for i in range(3))

@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from net import free_port, wait_healthy
+from net import free_port, serve_on, wait_healthy
 
 from voxray.audio import encode_audio
 from voxray.testing import build_ctc_model, synth_speechlike
@@ -39,14 +39,12 @@ def apps(ray_cluster, tmp_path_factory):
 
     model_dir = build_ctc_model(str(tmp_path_factory.mktemp("faults-model")), "tiny", seed=3)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve._run(build_app(_config(model_dir, 8, 64)), name="faults", route_prefix="/faults", _blocking=False)
-    serve.run(build_app(_config(model_dir, 1, 1)), name="tight", route_prefix="/tight")
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{base}/faults")
-    wait_healthy(f"{base}/tight")
-    yield base
-    serve.shutdown()
+    with serve_on(port) as base:
+        serve._run(build_app(_config(model_dir, 8, 64)), name="faults", route_prefix="/faults", _blocking=False)
+        serve.run(build_app(_config(model_dir, 1, 1)), name="tight", route_prefix="/tight")
+        wait_healthy(f"{base}/faults")
+        wait_healthy(f"{base}/tight")
+        yield base
 
 
 CLIP = encode_audio(synth_speechlike(6.0, seed=2), 16000, "flac")

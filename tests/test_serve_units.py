@@ -52,6 +52,10 @@ def test_shipped_config_fits_two_cpus_and_keeps_pins():
     assert sum(d.replicas * d.resources["CPU"] for d in asked) <= 2.0 + 1e-9
     assert _pack([d.resources for d in asked for _ in range(d.replicas)], [{"CPU": 2.0}])
     assert all(d.autoscaling.max_replicas * d.num_cpus <= 2.0 for d in fitted.model_deployments().values())
+    # the realtime application is part of the fit (it starts beside the HTTP one), unless its ASR is off
+    assert "RealtimeTranscription" in [d.deployment for d in asked] and 0 < fitted.realtime_deployment.num_cpus < 1
+    no_asr = ServeAppConfig(**{**args, "asr_deployment": {**args["asr_deployment"], "enabled": False}})
+    assert "RealtimeTranscription" not in [d.deployment for d in demands(no_asr)]
     pinned = fit_to_cluster(ServeAppConfig(**{**args, "tts_deployment": {**args["tts_deployment"], "num_cpus": 1}}), 2)
     assert pinned.tts_deployment.num_cpus == 1 and pinned.asr_deployment.num_cpus < 0.5
 

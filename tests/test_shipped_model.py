@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from net import free_port, wait_healthy
+from net import free_port, serve_on, wait_healthy
 
 from voxray.text_ko import cer_ignoring_spaces as cer
 
@@ -129,7 +129,6 @@ def test_serve_endpoint_gives_the_reference_text(ray_cluster):
     from voxray.deployments.app import build_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {
         "asr": {"model": MODEL},
         "asr_deployment": {"num_cpus": 0.1, "max_batch_size": 8, "batch_wait_timeout_s": 0.1},
@@ -137,9 +136,8 @@ def test_serve_endpoint_gives_the_reference_text(ray_cluster):
         "tts_deployment": {"enabled": False},
         "ingress": {"num_cpus": 0.1},
     }
-    try:
+    with serve_on(port) as base:
         serve.run(build_app(config), name="shipped", route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
         clips = _clips()
         hyps = []
@@ -150,5 +148,3 @@ def test_serve_endpoint_gives_the_reference_text(ray_cluster):
             assert r.status_code == 200, r.text
             hyps.append(r.json()["text"])
         assert cer([c["text"] for c in clips], hyps) <= CER_BOUND, hyps
-    finally:
-        serve.shutdown()

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from voxray.cli.options import add_options, collect_options, deep_merge
 from voxray.config import Options
+from voxray.deployments.config import REALTIME_APP, REALTIME_ROUTE
 
 DEFAULT_CONFIG = os.path.join("deployments", "serve.yaml")
 APP_NAME = "voxray"
@@ -76,8 +77,8 @@ def _raise_stop(signum: int, _frame: Any) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def _drain(timeout_s: float) -> None:
-    """Delete the app: replicas finish their in-flight requests (each within its
+def _drain(timeout_s: float, apps: tuple[str, ...] = (APP_NAME, REALTIME_APP)) -> None:
+    """Delete the apps: replicas finish their in-flight requests (each within its
     graceful_shutdown_timeout_s) before they stop. Gives up after ``timeout_s``; Serve itself is
     left to ``ray.shutdown`` (local) or to the cluster's other applications (remote)."""
     from ray import serve
@@ -86,9 +87,11 @@ def _drain(timeout_s: float) -> None:
 
     def stop() -> None:
         try:
-            serve.delete(APP_NAME)
-        except Exception as exc:  # already gone
-            logger.debug("serve shutdown: %s", exc)
+            for app in apps:
+                try:
+                    serve.delete(app)
+                except Exception as exc:  # already gone
+                    logger.debug("serve delete %s: %s", app, exc)
         finally:
             done.set()
 
@@ -120,6 +123,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from voxray.deployments.app import build_app
     from voxray.deployments.config import ServeAppConfig
     from voxray.deployments.placement import check_placeable, fit_to_cluster, wait_running
+    from voxray.deployments.realtime import build_realtime_app
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # voxray says what matters, once
     cmd = ServeCommandOptions(**collect_options(args, "serve__"))
@@ -155,12 +159,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         serve.start(http_options=http)
         deployed = True
         serve._run(build_app(config, check=False), _blocking=False, name=APP_NAME, route_prefix="/")
-        wait_running(APP_NAME, config, config.startup_timeout_s)
+        realtime = config.realtime_enabled
+        if realtime:  # the same config: the ASR model, streamed over WebSocket
+            serve._run(build_realtime_app(config), _blocking=False, name=REALTIME_APP, route_prefix=REALTIME_ROUTE)
+        deadline = time.monotonic() + config.startup_timeout_s
+        for app in (APP_NAME, REALTIME_APP) if realtime else (APP_NAME,):
+            wait_running(app, config, max(1.0, deadline - time.monotonic()))
         shown = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
         url = f"http://{shown}:{http['port']}"
         _wait_http(url, 30)
         auth = ' -H "Authorization: Bearer $VOXRAY_API_KEY"' if config.ingress.auth_required else ""
-        print(f"voxray serving on {url} (OpenAI-compatible /v1/audio/*); SIGTERM or Ctrl-C stops\n"
+        live = f"; realtime ASR on ws://{shown}:{http['port']}{REALTIME_ROUTE}" if realtime else ""
+        print(f"voxray serving on {url} (OpenAI-compatible /v1/audio/*{live}); SIGTERM or Ctrl-C stops\n"
               f"  try: curl -s{auth} {url}/v1/audio/speech -H 'Content-Type: application/json' "
               f"-d '{{\"input\": \"Hello from voxray.\", \"response_format\": \"wav\"}}' -o hello.wav", flush=True)
         while True:

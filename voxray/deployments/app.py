@@ -23,7 +23,7 @@ def build_app(args: dict[str, Any] | ServeAppConfig | None = None, *, check: boo
 
     config = args if isinstance(args, ServeAppConfig) else ServeAppConfig(**(args or {}))
     if check:
-        check_placeable(config, wait_s=config.startup_timeout_s)
+        check_placeable(config, wait_s=config.startup_timeout_s, realtime=False)  # its own app checks itself
     classes = {"asr": ASRDeployment, "embed": EmbedDeployment, "tts": TTSDeployment}
     options = {"asr": config.asr, "embed": config.embed, "tts": config.tts}
     handles: dict[str, Any] = {

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from voxray.asr.config import ASROptions
+from voxray.asr.config import ASROptions, StreamingOptions
 from voxray.config import Options
 from voxray.embed.config import EmbedOptions
 from voxray.tts.config import TTSOptions
@@ -33,6 +33,7 @@ def read_api_key(env: str, path: str | None) -> str | None:
         except OSError:
             return None
     return os.environ.get(env) or None
+
 
 class AutoscalingOptions(Options):
     """Serve's autoscaling knobs (a subset of ``ray.serve.config.AutoscalingConfig``)."""
@@ -181,6 +182,36 @@ class IngressOptions(ReplicaOptions):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+class RealtimeDeploymentOptions(ReplicaOptions):
+    """The realtime transcription application (WebSocket ``/v1/realtime``): batching and limits.
+
+    It serves the ``asr`` model of the same config with the ``streaming`` windows, behind the
+    ingress's auth settings; ``voxray serve`` deploys it beside the HTTP application.
+    """
+
+    enabled: bool = True
+    batch_streams: bool = Field(True, description="run the windows of all live sessions as one forward")
+    max_batch_windows: int = Field(32, ge=1, le=256, description="windows per batched forward, at most")
+    batch_wait_s: float = Field(0.01, ge=0, le=1, description="how long a batch waits for more sessions")
+    max_sessions: int = Field(32, ge=1, description="live sessions per replica; more are refused (close 1013)")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="largest client frame accepted")
+    autoscaling: AutoscalingOptions = Field(
+        default_factory=lambda: AutoscalingOptions(min_replicas=1, max_replicas=2, target_ongoing_requests=16,
+                                                   downscale_delay_s=60),
+        description="replicas; target_ongoing_requests counts live sessions",
+    )
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        return {
+            "ray_actor_options": self.actor_options(DEFAULT_MODEL_CPUS),
+            "max_ongoing_requests": self.max_sessions + 4,  # a full replica still answers /stats and refusals
+            "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "health_check_period_s": 10,
+        }
+
+
 class ServeAppConfig(Options):
     """The whole application: which deployments run, with what models, behind which ingress."""
 
@@ -193,6 +224,8 @@ class ServeAppConfig(Options):
         default_factory=lambda: DeploymentOptions(max_batch_size=1, max_ongoing_requests=8)
     )
     ingress: IngressOptions = Field(default_factory=IngressOptions)
+    streaming: StreamingOptions = Field(default_factory=StreamingOptions)
+    realtime_deployment: RealtimeDeploymentOptions = Field(default_factory=RealtimeDeploymentOptions)
     startup_timeout_s: float = Field(
         120.0, gt=0, description="fail (naming each deployment, what it asked and what the cluster has) when the "
         "minimum replicas cannot be placed within this time",
@@ -203,5 +236,13 @@ class ServeAppConfig(Options):
         deps = {"asr": self.asr_deployment, "embed": self.embed_deployment, "tts": self.tts_deployment}
         return {k: d for k, d in deps.items() if d.enabled}
 
+    @property
+    def realtime_enabled(self) -> bool:
+        """The realtime application runs: it is enabled and so is the ASR it streams."""
+        return self.realtime_deployment.enabled and self.asr_deployment.enabled
 
-DEPLOYMENT_NAMES = {"asr": "ASR", "embed": "Embed", "tts": "TTS", "ingress": "Ingress"}
+
+DEPLOYMENT_NAMES = {"asr": "ASR", "embed": "Embed", "tts": "TTS", "ingress": "Ingress",
+                    "realtime": "RealtimeTranscription"}
+REALTIME_APP = "voxray-realtime"
+REALTIME_ROUTE = "/v1/realtime"

@@ -76,11 +76,22 @@ def fmt_resources(res: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {res[k]:g}" for k in keys) + "}"
 
 
-def demands(config: ServeAppConfig) -> list[Demand]:
-    """What the application's minimum replicas ask of the cluster, ingress included."""
+def _replica_groups(config: ServeAppConfig, realtime: bool | None = None) -> dict[str, Any]:
+    """Config key -> options of every enabled model-replica group (the HTTP app's model deployments,
+    and the realtime app's unless ``realtime`` is False)."""
+    groups: dict[str, Any] = {f"{kind}_deployment": dep for kind, dep in config.model_deployments().items()}
+    if config.realtime_enabled if realtime is None else realtime:
+        groups["realtime_deployment"] = config.realtime_deployment
+    return groups
+
+
+def demands(config: ServeAppConfig, realtime: bool | None = None) -> list[Demand]:
+    """What the minimum replicas ask of the cluster, ingress included (and the realtime
+    application's, when enabled, unless ``realtime`` is False)."""
     out = [
-        Demand(DEPLOYMENT_NAMES[kind], dep.autoscaling.start_replicas, dep.resources(DEFAULT_MODEL_CPUS))
-        for kind, dep in config.model_deployments().items()
+        Demand(DEPLOYMENT_NAMES[key.removesuffix("_deployment")], dep.autoscaling.start_replicas,
+               dep.resources(DEFAULT_MODEL_CPUS))
+        for key, dep in _replica_groups(config, realtime).items()
     ]
     out.append(Demand(DEPLOYMENT_NAMES["ingress"], 1, config.ingress.resources(DEFAULT_INGRESS_CPUS)))
     return out
@@ -90,11 +101,11 @@ def fit_to_cluster(config: ServeAppConfig, cpus: float) -> ServeAppConfig:
     """Give every replica whose ``num_cpus`` is unset a share of ``cpus`` so the minimum replicas
     fit (pinned values are kept), and cap ``max_replicas`` at what the remaining CPUs can hold."""
     data = config.model_dump()
-    deps = config.model_deployments()
+    groups = _replica_groups(config)
     pinned = sum(
-        d.num_cpus * d.autoscaling.start_replicas for d in deps.values() if d.num_cpus is not None
+        d.num_cpus * d.autoscaling.start_replicas for d in groups.values() if d.num_cpus is not None
     ) + (config.ingress.num_cpus or 0.0)
-    weights = sum(d.autoscaling.start_replicas for d in deps.values() if d.num_cpus is None)
+    weights = sum(d.autoscaling.start_replicas for d in groups.values() if d.num_cpus is None)
     weights += INGRESS_WEIGHT if config.ingress.num_cpus is None else 0.0
     budget = cpus - pinned
     if weights == 0 or budget <= 0:
@@ -104,10 +115,9 @@ def fit_to_cluster(config: ServeAppConfig, cpus: float) -> ServeAppConfig:
         return config
     if config.ingress.num_cpus is None:
         data["ingress"]["num_cpus"] = round(share * INGRESS_WEIGHT, 2)
-    used = pinned + sum(share * d.autoscaling.start_replicas for d in deps.values() if d.num_cpus is None)
+    used = pinned + sum(share * d.autoscaling.start_replicas for d in groups.values() if d.num_cpus is None)
     used += share * INGRESS_WEIGHT if config.ingress.num_cpus is None else 0.0
-    for kind, dep in deps.items():
-        key = f"{kind}_deployment"
+    for key, dep in groups.items():
         cpu = dep.num_cpus if dep.num_cpus is not None else share
         if dep.num_cpus is None:
             data[key]["num_cpus"] = share
@@ -156,9 +166,9 @@ def cluster_summary(nodes: list[dict[str, float]], available: dict[str, float] |
 
 
 def unschedulable_message(config: ServeAppConfig, nodes: list[dict[str, float]], why: str,
-                          available: dict[str, float] | None = None) -> str:
-    asked = "; ".join(d.describe() for d in demands(config))
-    total = {k: sum(d.replicas * d.resources.get(k, 0.0) for d in demands(config)) for k in ("CPU", "GPU")}
+                          available: dict[str, float] | None = None, realtime: bool | None = None) -> str:
+    asked = "; ".join(d.describe() for d in demands(config, realtime))
+    total = {k: sum(d.replicas * d.resources.get(k, 0.0) for d in demands(config, realtime)) for k in ("CPU", "GPU")}
     total = {k: round(v, 3) for k, v in total.items() if v}
     return (
         f"{why}: the minimum replicas ask {asked} (in all {fmt_resources(total)}); "
@@ -167,18 +177,19 @@ def unschedulable_message(config: ServeAppConfig, nodes: list[dict[str, float]],
     )
 
 
-def check_placeable(config: ServeAppConfig, wait_s: float = 0.0) -> None:
+def check_placeable(config: ServeAppConfig, wait_s: float = 0.0, realtime: bool | None = None) -> None:
     """Raise :class:`UnschedulableError` unless the minimum replicas fit the cluster's nodes.
 
     With ``wait_s`` > 0 an infeasible request is handed to the autoscaler (``request_resources``)
     and re-checked until it fits or ``wait_s`` passes; a cluster without an autoscaler just fails
     at the deadline. Does nothing when Ray is not initialised (e.g. building the app to inspect it).
+    ``realtime=False`` leaves the realtime application's replicas out (building the HTTP app alone).
     """
     import ray
 
     if not ray.is_initialized():
         return
-    bundles = [d.resources for d in demands(config) for _ in range(d.replicas)]
+    bundles = [d.resources for d in demands(config, realtime) for _ in range(d.replicas)]
     deadline = time.monotonic() + wait_s
     requested = False
     while True:
@@ -190,7 +201,8 @@ def check_placeable(config: ServeAppConfig, wait_s: float = 0.0) -> None:
         if time.monotonic() >= deadline:
             if requested:
                 _request_resources([])
-            raise UnschedulableError(unschedulable_message(config, nodes, "cannot place the Serve application"))
+            raise UnschedulableError(unschedulable_message(config, nodes, "cannot place the Serve application",
+                                                           realtime=realtime))
         if not requested:
             requested = _request_resources(bundles)
             logger.warning("the minimum replicas do not fit the cluster yet; waiting up to %g s for nodes", wait_s)

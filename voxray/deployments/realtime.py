@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from pydantic import Field
 from ray import serve
 
-from voxray.asr.config import ASROptions
-from voxray.asr.streaming import StreamEvent, StreamingASR, StreamingOptions, StreamSession
+from voxray.asr.streaming import StreamEvent, StreamingASR, StreamSession
 from voxray.audio import SAMPLE_RATE
-from voxray.config import Options
-from voxray.deployments.config import read_api_key
+from voxray.deployments.config import RealtimeDeploymentOptions, ServeAppConfig
+from voxray.deployments.ingress import served_name
+from voxray.deployments.replicas import check_language, vocab_languages
+from voxray.errors import VoxrayError
 
 logger = logging.getLogger("voxray.deployments.realtime")
 
@@ -51,35 +51,10 @@ CLOSE_POLICY = 1008  # bad credentials
 CLOSE_TRY_AGAIN = 1013  # replica full
 
 
-class RealtimeOptions(Options):
-    """The realtime transcription application: model, windows, batching, limits and placement."""
-
-    asr: ASROptions = Field(default_factory=ASROptions)
-    streaming: StreamingOptions = Field(default_factory=StreamingOptions)
-    batch_streams: bool = Field(True, description="run the windows of all live sessions as one forward")
-    max_batch_windows: int = Field(32, ge=1, le=256, description="windows per batched forward, at most")
-    batch_wait_s: float = Field(0.01, ge=0, le=1, description="how long a batch waits for more sessions")
-    max_sessions: int = Field(32, ge=1, description="live sessions per replica; more are refused (1013)")
-    max_message_bytes: int = Field(1 << 20, ge=1024, description="largest client frame accepted")
-    languages: list[str] = Field(default_factory=lambda: ["ko"], description="languages the model transcribes")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per replica")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_sessions: int = Field(16, ge=1, description="live sessions per replica the autoscaler aims at")
-    api_key_env: str = Field("VOXRAY_API_KEY", description="environment variable holding the API key on each node")
-    api_key_file: str | None = Field(None, description="file holding the API key (wins over the env var)")
-    auth_required: bool = Field(False, description="refuse to start a replica that finds no API key")
-
-    def api_key(self) -> str | None:
-        """The key, read on the replica's node (file first, then env); None = auth off."""
-        return read_api_key(self.api_key_env, self.api_key_file)
-
-
 class WindowBatcher:
     """Collects windows from all sessions of a replica and runs them through one forward."""
 
-    def __init__(self, engine: StreamingASR, options: RealtimeOptions) -> None:
+    def __init__(self, engine: StreamingASR, options: RealtimeDeploymentOptions) -> None:
         self.engine = engine
         self.max_windows = options.max_batch_windows if options.batch_streams else 1
         self.wait_s = options.batch_wait_s if options.batch_streams else 0.0
@@ -144,8 +119,8 @@ class BadFrame(Exception):
 class RealtimeSession:
     """One socket: its settings, resampler and the streaming session of the current item."""
 
-    def __init__(self, engine: StreamingASR, options: RealtimeOptions) -> None:
-        self.engine, self.options = engine, options
+    def __init__(self, engine: StreamingASR, model: str, languages: list[str]) -> None:
+        self.engine, self.model, self.languages = engine, model, languages
         self.sample_rate = 24000
         self.vad = True
         self.silence_s: float | None = None
@@ -167,7 +142,7 @@ class RealtimeSession:
             "object": "realtime.transcription_session",
             "input_audio_format": "pcm16",
             "input_audio_sample_rate": self.sample_rate,
-            "input_audio_transcription": {"model": self.options.asr.model, "language": self.language},
+            "input_audio_transcription": {"model": self.model, "language": self.language},
             "turn_detection": turn if self.vad else None,
         }
 
@@ -183,9 +158,13 @@ class RealtimeSession:
                            param="input_audio_sample_rate")
         transcription = session.get("input_audio_transcription") or {}
         language = transcription.get("language") if isinstance(transcription, dict) else None
-        if language is not None and language not in self.options.languages:
-            raise BadFrame(f"language {language!r} is not supported by this model: use one of "
-                           f"{self.options.languages}", param="input_audio_transcription.language")
+        if language is not None:
+            if not isinstance(language, str):
+                raise BadFrame("language must be a string such as 'ko'", param="input_audio_transcription.language")
+            try:
+                language = check_language(language, self.languages)
+            except VoxrayError as exc:
+                raise BadFrame(str(exc), param="input_audio_transcription.language") from None
         vad, silence = self.vad, self.silence_s
         if "turn_detection" in session:
             turn = session["turn_detection"]
@@ -310,19 +289,22 @@ app.add_middleware(_PrefixRoot)
 class RealtimeDeployment:
     """One streaming model per replica; all its sessions' windows batched together."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         from voxray.asr import ASRRunner
 
-        self.options = RealtimeOptions(**options)
-        runner = ASRRunner(self.options.asr)
-        self.engine = StreamingASR.from_runner(runner, self.options.streaming)
+        app = ServeAppConfig(**config)
+        self.options = app.realtime_deployment
+        runner = ASRRunner(app.asr)
+        self.engine = StreamingASR.from_runner(runner, app.streaming)
         self.batcher = WindowBatcher(self.engine, self.options)
+        self.model = served_name(app.asr.model, app.asr_deployment.name)
+        self.languages = app.asr_deployment.languages or vocab_languages(list(runner.decoder.vocab))
         self.sessions: set[int] = set()
         self.sessions_total = 0
-        self.api_key = self.options.api_key()
-        if self.options.auth_required and not self.api_key:
+        self.api_key = app.ingress.api_key()  # the HTTP routes' key, read on this node
+        if app.ingress.auth_required and not self.api_key:
             raise RuntimeError("auth_required is set but no API key was found on this node "
-                               f"(${self.options.api_key_env} or api_key_file)")
+                               f"(${app.ingress.api_key_env} or api_key_file)")
 
     def check_health(self) -> None:  # a tiny real input through the whole streaming path
         session = self.engine.session()
@@ -353,7 +335,7 @@ class RealtimeDeployment:
         key = id(ws)
         self.sessions.add(key)
         self.sessions_total += 1
-        session = RealtimeSession(self.engine, self.options)
+        session = RealtimeSession(self.engine, self.model, self.languages)
         try:
             await self._send(ws, {"type": "transcription_session.created", "session": session.describe()})
             while True:
@@ -419,17 +401,16 @@ class RealtimeDeployment:
         return events
 
 
-def build_realtime_app(args: dict[str, Any] | RealtimeOptions | None = None) -> Any:
-    """The realtime application (``import_path: voxray.deployments.realtime:build_realtime_app``)."""
-    options = args if isinstance(args, RealtimeOptions) else RealtimeOptions(**(args or {}))
-    autoscaling = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
-                   "target_ongoing_requests": options.target_sessions, "upscale_delay_s": 5,
-                   "downscale_delay_s": 60}
-    deployment = RealtimeDeployment.options(
-        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
-        max_ongoing_requests=options.max_sessions + 4,  # a full replica still answers /stats and refusals
-        autoscaling_config=autoscaling,
-        health_check_period_s=10,
-    )
-    return deployment.bind(options.model_dump())
+def build_realtime_app(args: dict[str, Any] | ServeAppConfig | None = None) -> Any:
+    """The realtime application (``import_path: voxray.deployments.realtime:build_realtime_app``).
 
+    It takes the same ``args`` as :func:`voxray.deployments.app.build_app` (one config for both
+    applications): the ``asr`` model, ``streaming`` windows, ``realtime_deployment`` placement and
+    limits, and the ingress's auth settings.
+    """
+    config = args if isinstance(args, ServeAppConfig) else ServeAppConfig(**(args or {}))
+    if not config.realtime_deployment.enabled:
+        raise VoxrayError("realtime_deployment.enabled is false in this config: drop the realtime application "
+                          "from it, or enable the deployment")
+    deployment = RealtimeDeployment.options(**config.realtime_deployment.serve_options())
+    return deployment.bind(config.model_dump())
