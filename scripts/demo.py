@@ -163,7 +163,11 @@ def main() -> int:
         summary = {"model": model, "stages": stages, "cer": cers, "nearest_same_voice": same}
         with open(os.path.join(OUT, "report.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
-        print(f"  report in {os.path.join(OUT, 'report.json')}")
+        print(f"  report in {os.path.join(OUT, 'report.json')}; each job's page (open in a browser):")
+        for job_out in ("tts", "asr-kokoro", "asr-espeak", "embed"):
+            page = os.path.join(OUT, job_out, "report.html")
+            if os.path.exists(page):
+                print(f"    {page}")
         return 0
     finally:
         ray.shutdown()

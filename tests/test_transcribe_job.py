@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,7 +64,14 @@ def test_job_one_row_per_input_errors_and_resume(ray_cluster, corpus):
         assert starts == sorted(starts) and row["chunks"][-1]["end"] <= row["duration_s"] + 0.05
 
     with open(os.path.join(out, "run.json")) as fh:
-        assert json.load(fh)["processed"] == expected
+        run_json = json.load(fh)
+    assert run_json["processed"] == expected
+    # report.html beside it shows run.json's numbers, and its histogram holds every ok row
+    with open(os.path.join(out, "report.html"), encoding="utf-8") as fh:
+        page = fh.read()
+    data = json.loads(re.search(r"id='voxray-report'>(.*?)</script>", page, re.S).group(1))
+    assert data["summary"]["processed"] == expected and data["errors_by_kind"] == run_json["errors_by_kind"]
+    assert sum(data["histogram"]["counts"]) == run_json["ok"] == len(files["good"])
 
     rerun = run_transcribe(job)
     assert rerun["processed"] == 0 and rerun["skipped_already_done"] == expected

@@ -373,8 +373,10 @@ def summarize(report: RunReport, new_rows: pa.Table, all_rows: pa.Table) -> RunR
     return report
 
 
-def write_report(out: str, report: RunReport) -> str:
-    """Write ``run.json`` into the output directory (atomically, like the shards); returns its URL."""
+def write_report(out: str, report: RunReport, html: bool = True) -> str:
+    """Write ``run.json`` into the output directory (atomically, like the shards), and ``report.html``
+    beside it (the page a person opens: the same numbers, a duration histogram of every row written
+    so far, error samples, the commit timeline); returns run.json's URL."""
     import fsspec
 
     url = fs_join(out, REPORT_NAME)
@@ -382,11 +384,27 @@ def write_report(out: str, report: RunReport) -> str:
     if is_remote(url):
         with fsspec.open(url, "w") as fh:
             fh.write(data)
-        return url
-    _, path = fs_and_path(url)
-    parent, name = os.path.split(path)
-    tmp = os.path.join(parent, f".{name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    else:
+        _, path = fs_and_path(url)
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f".{name}{_TMP_MARK}{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    if html:
+        from voxray.report import write_report_html
+
+        write_report_html(out, json.loads(data), _report_rows(out))
     return url
+
+
+def _report_rows(out: str) -> pa.Table | None:
+    """The ``duration_s``/``error`` columns of every shard in ``out`` (None when it has no row shards)."""
+    shards = list_shards(out)
+    if not shards:
+        return None
+    fs, path = fs_and_path(shards[0])
+    with fs.open(path, "rb") as fh:
+        names = set(pq.read_schema(fh).names)
+    columns = [c for c in ("duration_s", "error") if c in names]
+    return read_shards(shards, columns) if columns else None

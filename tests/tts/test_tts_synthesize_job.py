@@ -70,6 +70,7 @@ def test_synthesize_job_with_bad_rows_and_resume(ray_cluster, tmp_path):
     assert all(by_id[r]["path"] is None for r in ["empty", "bad-voice", "bad-lang", "bad-speed"])
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["audio_s"] > 1 and run_json["extra"]["chars"] > 0
+    assert f"data-key='processed'>{run_json['processed']}<" in (out / "report.html").read_text()  # the page too
 
     shards = list_shards(str(out))
     again = run_synthesize(job)
