@@ -7,8 +7,10 @@ beside it. Everything goes through the real proxy on a real port.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
 import io
+import json
 import re
 import socket
 import time
@@ -153,6 +155,43 @@ def test_speech_streams_first_bytes_before_synthesis_ends(server):
     assert arrivals[0] < 0.75 * arrivals[-1]  # first audio left well before the last chunk
 
 
+def test_speech_as_server_sent_events_carries_the_audio_and_word_timings(server):
+    """OpenAI's ``stream_format: sse`` (speech.audio.delta/done), with voxray's ``words`` per delta:
+    the deltas' bytes are the same WAV stream, and every word of the text has a time inside it."""
+    base = server[0]
+    text = "The quiet harbour was bright. A small boat left the dock before noon."
+    events = []
+    with httpx.stream("POST", f"{base}/v1/audio/speech", timeout=120,
+                      json={"input": text, "voice": "jf_alpha", "response_format": "wav", "stream_format": "sse"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done" and len(events) >= 3  # header, >= 1 chunk, done
+    wav = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    import soundfile as sf
+
+    audio, sr = sf.read(io.BytesIO(_fix_streaming_wav(wav)))
+    duration = len(audio) / sr
+    assert sr == 24000 and abs(duration - events[-1]["duration_s"]) < 0.01
+    words = [w for e in events[:-1] for w in e["words"]]
+    spoken = [re.sub(r"[^a-z]", "", w["word"].lower()) for w in words]
+    assert [x for x in spoken if x] == re.sub(r"[^a-z ]", "", text.lower()).split()
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(w["start"] < w["end"] <= duration + 0.05 for w in words)
+    assert words[-1]["end"] > 0.6 * duration  # timings span the speech, not one chunk's worth
+
+
+def _fix_streaming_wav(data: bytes) -> bytes:
+    """A streamed WAV's header leaves the sizes open (0xFFFFFFFF); fill them in to read it as a file."""
+    import struct
+
+    riff = struct.pack("<I", len(data) - 8)
+    size = struct.pack("<I", len(data) - 44)
+    return data[:4] + riff + data[8:40] + size + data[44:]
+
+
 def test_client_disconnect_stops_synthesis_within_one_chunk(server):
     base = server[0]
     before = {k: _metric(base, "tts", k) for k in ("cancelled", "chunks", "chunks_after_cancel")}
@@ -256,7 +295,8 @@ ERROR_CASES = {
     "missing-input": (_speech(voice="jf_alpha"), 400, "input"),
     "speed-too-high": (_speech(input="hi", speed=3.0), 400, "speed"),
     "speed-not-a-number": (_speech(input="hi", speed="fast"), 400, "speed"),
-    "sse-stream": (_speech(input="hi", stream_format="sse"), 400, "stream_format"),
+    "bad-stream-format": (_speech(input="hi", stream_format="ws"), 400, "stream_format"),
+    "sse-needs-a-streamed-format": (_speech(input="hi", stream_format="sse", response_format="flac"), 400, "pcm"),
 }
 
 

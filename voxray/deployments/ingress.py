@@ -12,7 +12,9 @@ it is decoded. Fields voxray cannot honour (``prompt``, a non-zero ``temperature
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 import logging
 import re
 import time
@@ -68,7 +70,11 @@ class SpeechRequest(BaseModel):
     speed: Speed | None = Field(None, description=TTSOptions.model_fields["speed"].description)
     lang: str | None = Field(None, description=TTSOptions.model_fields["lang"].description)
     instructions: str | None = Field(None, description="accepted and ignored: Kokoro takes no style prompt")
-    stream_format: str | None = Field(None, description="'audio' (the default); 'sse' is not supported")
+    stream_format: str | None = Field(
+        None, description="'audio' (the default: the encoded stream) or 'sse': server-sent events "
+        "`speech.audio.delta` (base64 of the stream's next bytes, plus the voxray field `words`: "
+        "[{word, start, end}] in seconds from the start) and `speech.audio.done`",
+    )
 
 
 class ReplicaUnavailable(VoxrayError):
@@ -367,8 +373,11 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
             check_model("tts", req.model)
             if fmt not in SPEECH_MEDIA_TYPES:
                 raise InputError(f"response_format must be one of {', '.join(SPEECH_MEDIA_TYPES)}")
-            if req.stream_format not in (None, "audio"):
-                raise InputError("stream_format must be 'audio': server-sent events are not supported")
+            if req.stream_format not in (None, "audio", "sse"):
+                raise InputError("stream_format must be 'audio' or 'sse'")
+            if req.stream_format == "sse" and fmt not in STREAMED_FORMATS:
+                raise InputError(f"stream_format 'sse' sends the audio as it is made: use response_format "
+                                 f"{', '.join(sorted(STREAMED_FORMATS))}")
             if len(req.input) > opts.max_text_chars:
                 raise InputError(f"input is {len(req.input)} characters; the limit is {opts.max_text_chars}")
             if not req.input.strip():
@@ -382,29 +391,43 @@ def create_app(config: ServeAppConfig, ingress: Any) -> FastAPI:
         sr = TTS_SAMPLE_RATE
         headers = _ignored({"instructions": bool(req.instructions), **{k: True for k in req.model_extra or {}}})
 
+        async def pieces() -> Any:  # (encoded bytes, words, samples) per chunk; header/trailer alone
+            if fmt == "wav":
+                yield streaming_wav_header(sr), [], 0
+            mp3 = Mp3Stream(sr) if fmt == "mp3" else None
+            async for audio, words in _chain(first, gen):
+                yield (mp3.encode(audio) if mp3 else pcm16(audio)), words, len(audio)
+            if mp3:
+                yield mp3.close(), [], 0
+
         async def body() -> Any:
             done = False
             try:
-                if fmt in STREAMED_FORMATS:
-                    if fmt == "wav":
-                        yield streaming_wav_header(sr)
-                    mp3 = Mp3Stream(sr) if fmt == "mp3" else None
-                    yield mp3.encode(first) if mp3 else pcm16(first)
-                    async for chunk in gen:
-                        yield mp3.encode(chunk) if mp3 else pcm16(chunk)
-                    if mp3:
-                        yield mp3.close()
+                if req.stream_format == "sse":
+                    offset = 0.0
+                    async for data, words, samples in pieces():
+                        event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode(),
+                                 "words": [{"word": w, "start": round(offset + a, 3), "end": round(offset + b, 3)}
+                                           for w, a, b in words]}
+                        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+                        offset += samples / sr
+                    done_event = {"type": "speech.audio.done", "duration_s": round(offset, 3)}
+                    yield f"data: {json.dumps(done_event)}\n\n".encode()
+                elif fmt in STREAMED_FORMATS:
+                    async for data, _, _ in pieces():
+                        yield data
                 else:  # flac/opus headers need the whole stream: encode once complete
                     from voxray.audio import encode_audio
 
-                    parts = [first] + [c async for c in gen]
+                    parts = [audio async for audio, _ in _chain(first, gen)]
                     yield encode_audio(np.concatenate(parts), sr, fmt)
                 done = True
             finally:
                 if not done:  # the client went away: stop the replica's synthesis now
                     gen.cancel()
 
-        return StreamingResponse(body(), media_type=SPEECH_MEDIA_TYPES[fmt], headers=headers)
+        media = "text/event-stream" if req.stream_format == "sse" else SPEECH_MEDIA_TYPES[fmt]
+        return StreamingResponse(body(), media_type=media, headers=headers)
 
     from voxray.deployments.web import add_web_routes  # last: the page itself is served before auth
 
@@ -425,6 +448,13 @@ def served_name(model: str, configured: str | None, default: str | None = None) 
         base = os.path.basename(os.path.normpath(model))
         return os.path.splitext(base)[0] if os.path.isfile(model) else base
     return model
+
+
+async def _chain(first: Any, rest: Any) -> Any:
+    """The first item already awaited, then the rest of an async iterator."""
+    yield first
+    async for item in rest:
+        yield item
 
 
 def make_ingress(config: ServeAppConfig) -> Any:

@@ -338,10 +338,15 @@ class EmbedDeployment:
 
 @serve.deployment(name="TTS")
 class TTSDeployment:
-    """Kokoro: one utterance at a time per replica (the int8 graph has batch size 1), streamed
-    chunk by chunk so the first audio leaves before the whole text is synthesised. A client that
-    goes away stops its synthesis: the cancellation sets a flag the pipeline checks between chunks
-    in the model thread, so at most the chunk being computed finishes."""
+    """Kokoro, streamed chunk by chunk so the first audio leaves before the whole text is synthesised.
+
+    With a runner that batches (the torch backend, or a ``voxray export tts`` graph) and
+    ``max_batch_size`` > 1, the chunks of all concurrent requests meet in ``@serve.batch`` and run
+    as one padded forward (the pipeline cuts it by ``max_batch_tokens``); each request's first
+    sentence is its own chunk so its audio still leaves early. The int8 graph (batch 1) runs one
+    utterance at a time. A client that goes away stops its synthesis: unbatched, a flag the pipeline
+    checks between chunks; batched, its chunks not yet in a forward are cancelled.
+    """
 
     def __init__(self, options: dict[str, Any], deployment: dict[str, Any], pipeline: Any = None) -> None:
         from voxray.tts.config import TTSOptions
@@ -356,6 +361,14 @@ class TTSDeployment:
         self.pipeline = pipeline or TTSPipeline(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("tts")
+        runner_batches = bool(getattr(self.pipeline.runner, "batches", False))
+        self.batched = self.deployment.max_batch_size > 1 and runner_batches
+        if self.deployment.max_batch_size > 1 and not runner_batches:
+            logger.warning("tts_deployment.max_batch_size=%d ignored: this Kokoro graph takes one utterance "
+                           "(use backend: torch or a `voxray export tts` graph to batch)",
+                           self.deployment.max_batch_size)
+        self.synthesize_chunk.set_max_batch_size(self.deployment.max_batch_size)
+        self.synthesize_chunk.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
         self._probe()  # warm-up: loads the default language's G2P before the first request
 
@@ -378,10 +391,26 @@ class TTSDeployment:
             self.counters.chunks_after_cancel += 1  # finished after the client left: wasted work
         return result
 
+    def _run_chunks(self, jobs: list[Any]) -> list[Any]:
+        results = self.pipeline.synthesize_chunks(jobs, return_errors=True)
+        self.counters.record(len(jobs), sum(len(r.audio) for r in results if hasattr(r, "audio")) / 24000)
+        self.counters.chunks += len(jobs)
+        return results
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def synthesize_chunk(self, jobs: list[Any]) -> list[Any]:
+        """Chunks of any concurrent requests -> one batched forward (results or errors, in order)."""
+        return await self.model_thread.run(self._run_chunks, jobs)
+
+    @staticmethod
+    def _piece(result: Any) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """What the ingress gets per chunk: the audio and its words (seconds from the chunk's start)."""
+        return result.audio, [(w.word, w.start, w.end) for w in result.words]
+
     async def stream(
         self, text: str, voice: str | None = None, lang: str | None = None, speed: float | None = None
-    ) -> AsyncIterator[np.ndarray]:
-        """Yield float32 24 kHz audio per chunk; validation errors raise before the first chunk."""
+    ) -> AsyncIterator[tuple[np.ndarray, list[tuple[str, float, float]]]]:
+        """Yield (float32 24 kHz audio, word timings) per chunk; validation errors raise before the first."""
         from voxray.errors import TextError
         from voxray.text import normalize_text, split_sentences
 
@@ -397,19 +426,41 @@ class TTSDeployment:
             for part in (sentences[0], " ".join(sentences[1:])):
                 if not part:
                     continue
+                if self.batched:
+                    async for result in self._batched(part, voice, lang, speed):
+                        total += len(result.audio)
+                        yield self._piece(result)
+                    continue
                 chunks = await self.model_thread.run(
                     lambda p=part: self.pipeline(p, voice, lang, speed, cancel=cancel.is_set)
                 )
                 while (result := await self.model_thread.run(self._next, chunks, cancel)) is not None:
                     total += len(result.audio)
-                    yield result.audio
+                    yield self._piece(result)
         except (asyncio.CancelledError, GeneratorExit):
             cancel.set()
             self.counters.cancelled += 1
             logger.info("client went away after %.1f s of audio; synthesis stopped", total / 24000)
             raise
-        self.counters.record(1, total / self.pipeline.sample_rate)
+        if not self.batched:
+            self.counters.record(1, total / self.pipeline.sample_rate)
         logger.debug("synthesised %.2f s in %.2f s", total / 24000, time.perf_counter() - start)
 
+    async def _batched(self, text: str, voice: str | None, lang: str | None, speed: float | None) -> AsyncIterator[Any]:
+        """This part's chunks, each joining the replica's next batched forward; yielded in order."""
+        from voxray.errors import VoxrayError
+
+        jobs = await self.model_thread.run(self.pipeline.prepare, text, voice, lang, speed)
+        pending = [asyncio.ensure_future(self.synthesize_chunk(job)) for job in jobs]
+        try:
+            for fut in pending:
+                result = await fut
+                if isinstance(result, VoxrayError):
+                    raise result
+                yield result
+        finally:
+            for fut in pending:
+                fut.cancel()  # a client that left: chunks not yet in a forward are dropped
+
     def info(self) -> dict[str, Any]:
-        return {"voice": self.options.voice, "counters": self.counters.as_dict()}
+        return {"voice": self.options.voice, "batched": self.batched, "counters": self.counters.as_dict()}
