@@ -273,3 +273,29 @@ def test_an_unclosed_code_fence_is_read_not_dropped():
     assert book.chapters[0].paragraphs[-2:] == ["Swallowed by a stray fence.", "Still the book."]
     closed = parse_markdown("# One\n\nFirst.\n\n```\ncode = 1\n```\n\nAfter.\n", "b.md")
     assert closed.chapters[0].paragraphs[-2:] == ["First.", "After."]  # real code is still skipped
+
+
+@pytest.mark.slow
+def test_torch_actors_batch_chunks_and_write_word_subtitles(ray_cluster, tmp_path):
+    """The torch backend: an actor's chunks share padded forwards; ``subtitles: word`` gives one cue
+    per spoken word, in book order, inside each chunk's audio."""
+    import kokoro  # noqa: F401  (make setup installs it with --no-deps: a missing one must fail)
+
+    from voxray.jobs.audiobook import run_audiobook
+
+    book = make_epub(tmp_path / "book.epub", CHAPTERS)
+    job = AudiobookJob(book=str(book), out=str(tmp_path / "out"), progress=False, format="wav", subtitles="word",
+                       tts={"backend": "torch", "noise_seed": 3},
+                       resources={"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 2, "rows_per_call": 4})
+    report = run_audiobook(job)
+    extra = report["extra"]
+    assert report["errors"] == 0 and extra["complete"] and extra["backend"] == "torch"
+    assert extra["chunks_per_forward"] > 1 and extra["forward_passes"] < extra["chunks"], extra
+    cues = parse_srt((tmp_path / "out" / "subtitles.srt").read_text(encoding="utf-8"))
+    spoken = [re.sub(r"[^a-z]", "", t.lower()) for _, _, t in cues]
+    said = " ".join(" ".join([title, *paras]) for title, paras in CHAPTERS)
+    book_words = re.sub(r"[^a-z ]", "", said.lower()).split()
+    assert [w for w in spoken if w] == book_words
+    for (s0, e0, _), (s1, _, _) in zip(cues, cues[1:], strict=False):
+        assert s0 < e0 <= s1 + 1e-3
+    assert cues[-1][1] <= report["audio_s"] + 1e-3

@@ -76,3 +76,39 @@ def test_synthesize_job_with_bad_rows_and_resume(ray_cluster, tmp_path):
     again = run_synthesize(job)
     assert again["processed"] == 0 and again["skipped_already_done"] == 7
     assert list_shards(str(out)) == shards and read_results(str(out)).num_rows == 7
+
+
+@pytest.mark.slow
+def test_torch_actors_batch_rows_and_each_row_sounds_as_alone(ray_cluster, tmp_path):
+    """Rows share padded forwards on the torch backend; a bad row still fails alone, and each good
+    row's file holds what the pipeline makes for it alone (fixed noise seed: same length, SNR >= 40 dB)."""
+    import kokoro  # noqa: F401  (make setup installs it with --no-deps: a missing one must fail)
+    import numpy as np
+    import soundfile as sf
+
+    from voxray.jobs.synthesize import run_synthesize
+    from voxray.tts import TTSPipeline
+    from voxray.tts.config import TTSOptions
+
+    texts = {"a": "The harbour was quiet at dawn.", "b": "A boat left the dock.",
+             "c": "Gulls cried over the grey water, and the wind rose.", "d": "Noon."}
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "text", "voice"])
+        writer.writeheader()
+        writer.writerows([{"id": k, "text": v, "voice": ""} for k, v in texts.items()])
+        writer.writerow({"id": "bad", "text": "Who?", "voice": "af_nobody"})
+    tts = {"backend": "torch", "noise_seed": 5}
+    job = SynthesizeJob(inputs=[str(manifest)], out=str(tmp_path / "out"), progress=False, tts=tts,
+                        resources={"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 2, "rows_per_call": 8})
+    report = run_synthesize(job)
+    assert report["ok"] == 4 and report["errors_by_kind"] == {"unknown_voice": 1}
+    assert report["extra"]["backend"] == "torch" and report["extra"]["chunks_per_forward"] > 1, report["extra"]
+    rows = {r["id"]: r for r in read_results(str(tmp_path / "out")).to_pylist()}
+    pipe = TTSPipeline(TTSOptions(**tts, threads=2))
+    for rid, text in texts.items():
+        audio, _ = sf.read(rows[rid]["path"], dtype="float32")
+        alone = pipe.synthesize(text).audio
+        assert len(audio) == len(alone)
+        err = np.sum((alone.astype(np.float64) - audio) ** 2)
+        assert 10 * np.log10(np.sum(alone.astype(np.float64) ** 2) / max(err, 1e-30)) >= 40, rid

@@ -183,7 +183,7 @@ def assemble_book(
                         else:
                             meta = store.read_meta(key)
                             offset = position / SAMPLE_RATE
-                            for s0, s1, text in meta["sentences"]:
+                            for s0, s1, text in _cues(meta, options.subtitles):
                                 cue += 1
                                 srt.write(srt_cue(cue, offset + s0, offset + s1, text))
                             put(store.read_audio(key))
@@ -233,3 +233,11 @@ def assemble_book(
     finally:
         pub.close()
     return result
+
+
+def _cues(meta: dict[str, Any], level: str) -> list[tuple[float, float, str]]:
+    """A chunk's subtitle cues: its words (when ``level`` is word and the chunk has word times:
+    chunks written before word timings existed fall back to sentences), else its sentences."""
+    if level == "word" and meta.get("words"):
+        return [(s0, s1, w) for s0, s1, w in meta["words"]]
+    return [tuple(x) for x in meta["sentences"]]

@@ -12,6 +12,7 @@ from pydantic import Field
 from voxray.config import Options
 
 BookFormat = Literal["m4b", "mp3", "wav"]
+SubtitleLevel = Literal["sentence", "word"]
 
 
 class PauseOptions(Options):
@@ -36,6 +37,10 @@ class AudiobookOptions(Options):
     title: str | None = Field(None, description="book title (default: the book's metadata, first heading or file name)")
     author: str | None = Field(None, description="author (default: the book's metadata)")
     pause: PauseOptions = Field(default_factory=PauseOptions)
+    subtitles: SubtitleLevel = Field(
+        "sentence", description="cues of subtitles.srt: one per sentence, or one per word (times from Kokoro's "
+        "predicted durations)",
+    )
     chunk_chars: int = Field(
         400, ge=50, le=5000,
         description="characters per chunk: whole sentences of one paragraph are packed up to this size "

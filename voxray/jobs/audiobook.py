@@ -30,7 +30,7 @@ from voxray.errors import InferenceError, TextError, row_error
 from voxray.jobs.audio_stages import concat_columns
 from voxray.jobs.faults import guarded
 from voxray.jobs.runtime import check_runner_device
-from voxray.jobs.tts_stages import TTSActor, tts_stage
+from voxray.jobs.tts_stages import TTSActor, report_forwards, tts_stage
 from voxray.results import RunReport, now_iso, write_report
 from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, TTSOptions
@@ -104,18 +104,28 @@ class AudiobookActor(TTSActor):
         self.pipeline = TTSPipeline(TTSOptions(**{**options, "device": self.device}))
         self.store = ChunkStore(chunk_root)
 
-    def _synthesize(self, chunk_id: str, text: str, attempt: int) -> tuple[Any, list[tuple[float, float, str]]]:
+    def _synthesize(self, chunk_id: str, text: str, attempt: int) -> tuple[Any, dict[str, Any]]:
+        return self._assemble(chunk_id, list(self.pipeline(text)))
+
+    @staticmethod
+    def _assemble(chunk_id: str, results: list[Any]) -> tuple[Any, dict[str, Any]]:
+        """One book chunk's model calls -> its audio and timing meta (sentences, and words from
+        Kokoro's predicted durations), in seconds from the chunk's start."""
         import numpy as np
 
-        pieces, sentences, t = [], [], 0.0
-        for result in self.pipeline(text):
+        pieces, sentences, words, t = [], [], [], 0.0
+        for result in results:
             d = len(result.audio) / SAMPLE_RATE
             sentences += sentence_times(result.graphemes, t, d)
+            words += [(round(t + w.start, 4), round(t + w.end, 4), w.word) for w in result.words]
             pieces.append(result.audio)
             t += d
         if not pieces:
             raise InferenceError(f"chunk {chunk_id} produced no audio")
-        return np.concatenate(pieces).astype(np.float32), sentences
+        return np.concatenate(pieces).astype(np.float32), {"sentences": sentences, "words": words}
+
+    def _write(self, chunk_id: str, key: str, audio: Any, timing: dict[str, Any], attempt: int) -> None:
+        self.store.write_ok(key, audio, {"id": chunk_id, "samples": len(audio), **timing, "attempts": attempt})
 
     def run_chunk(self, chunk_id: str, key: str, text: str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -125,9 +135,8 @@ class AudiobookActor(TTSActor):
         for attempt in (1, 2):  # the first try and one retry
             attempts = attempt
             try:
-                audio, sentences = self._synthesize(chunk_id, text, attempt)
-                self.store.write_ok(key, audio, {"id": chunk_id, "samples": len(audio), "sentences": sentences,
-                                                 "attempts": attempt})
+                audio, timing = self._synthesize(chunk_id, text, attempt)
+                self._write(chunk_id, key, audio, timing, attempt)
                 samples, error = len(audio), None
                 break
             except Exception as exc:  # per chunk: recorded, never raised
@@ -138,9 +147,45 @@ class AudiobookActor(TTSActor):
         return {"id": chunk_id, "samples": samples, "chars": len(text), "error": error or "",
                 "attempts": attempts, "synth_s": time.perf_counter() - t0}
 
+    def run_batched(self, chunks: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+        """Every model call of these book chunks in shared padded forwards (a batching runner);
+        a chunk with any failure goes the one-by-one way (its retry included)."""
+        from voxray.errors import VoxrayError
+
+        t0 = time.perf_counter()
+        prepared: list[list[Any] | None] = []
+        for _, _, text in chunks:
+            try:
+                prepared.append(self.pipeline.prepare(text))
+            except VoxrayError:
+                prepared.append(None)  # run_chunk records the error (and retries once)
+        flat = [job for jobs in prepared if jobs for job in jobs]
+        done = iter(self.pipeline.synthesize_chunks(flat, return_errors=True))
+        results = [[next(done) for _ in jobs] if jobs else None for jobs in prepared]
+        share = (time.perf_counter() - t0) / max(1, sum(len(t) for _, _, t in chunks))
+        rows = []
+        for (chunk_id, key, text), got in zip(chunks, results, strict=True):
+            if not got or any(isinstance(r, VoxrayError) for r in got):
+                rows.append(self.run_chunk(chunk_id, key, text))
+                continue
+            try:
+                audio, timing = self._assemble(chunk_id, got)
+                self._write(chunk_id, key, audio, timing, 1)
+            except Exception:  # the store failed, say: the one-by-one path records it
+                rows.append(self.run_chunk(chunk_id, key, text))
+                continue
+            rows.append({"id": chunk_id, "samples": len(audio), "chars": len(text), "error": "",
+                         "attempts": 1, "synth_s": share * len(text)})
+        return rows
+
     def process(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [self.run_chunk(str(i), str(k), str(t)) for i, k, t in zip(batch["id"], batch["key"], batch["text"],
-                                                                          strict=True)]
+        chunks = [(str(i), str(k), str(t)) for i, k, t in zip(batch["id"], batch["key"], batch["text"], strict=True)]
+        before = self.pipeline.stats.as_dict()
+        if len(chunks) > 1 and getattr(self.pipeline.runner, "batches", False):
+            rows = self.run_batched(chunks)
+        else:
+            rows = [self.run_chunk(*c) for c in chunks]
+        report_forwards(self.state, self.pipeline, before)
         return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
 
     def crash_rows(self, batch: dict[str, Any], message: str) -> dict[str, Any]:
@@ -209,6 +254,7 @@ def run_audiobook(job: AudiobookJob, actor_cls: type[AudiobookActor] | None = No
         "actor_real_time_factor": (sum(r["synth_s"] for r in rows) / new_audio_s) if new_audio_s else 0.0,
         "format": job.format, "model": job.tts.model, "voice": job.tts.voice, "lang": job.tts.lang,
         "speed": job.tts.speed, "complete": not missing, "failed_chunks": [], "files": [],
+        "backend": job.tts.backend, **report.extra.get("forwards", {}),
     }
     report.extra = extra
     if missing:

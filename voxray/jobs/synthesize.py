@@ -17,7 +17,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -26,10 +26,13 @@ from voxray.config import JobOptions, ResourceOptions
 from voxray.corpus import MANIFEST_EXTENSIONS, read_manifest
 from voxray.errors import InputError, TextError, row_error
 from voxray.jobs.runtime import ProgressFn, check_runner_device, map_stage
-from voxray.jobs.tts_stages import TTSActor, plan_tts_actors, tts_map_kwargs
+from voxray.jobs.tts_stages import TTSActor, forward_report, plan_tts_actors, report_forwards, tts_map_kwargs
 from voxray.results import RunReport, now_iso, read_shards, write_report
 from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, AudioFormat, TTSOptions
+
+if TYPE_CHECKING:
+    from voxray.tts.pipeline import TTSRequest
 
 logger = logging.getLogger("voxray.jobs.synthesize")
 
@@ -148,31 +151,72 @@ class SynthesizeActor(TTSActor):
         self.audio_root = audio_root
         self.fmt = fmt
 
-    def synthesize_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """One row -> its output record; every failure becomes the record's ``error``."""
+    def _request(self, row: dict[str, Any], out: dict[str, Any]) -> TTSRequest:
+        """The row's utterance, its cells checked (raises on an unusable row)."""
+        from voxray.tts.pipeline import TTSRequest
+
+        text = _cell(row.get("text"))
+        speed_text = _cell(row.get("speed")).strip()
+        try:
+            out["speed"] = float(speed_text) if speed_text else self.pipeline.options.speed
+        except ValueError as exc:
+            raise InputError(f"speed must be a number between 0.5 and 2.0, got {speed_text!r}") from exc
+        if not text.strip():
+            raise TextError("text is empty: give the row some words to speak")
+        return TTSRequest(text, voice=out["voice"], lang=out["lang"], speed=out["speed"])
+
+    def _write(self, out: dict[str, Any], result: Any) -> None:
         from voxray.audio import write_audio
 
+        path = join(self.audio_root, f"{safe_name(out['id'])}.{self.fmt}")
+        write_audio(path, result.audio, result.sample_rate, self.fmt)
+        out.update(path=path, duration_s=result.duration_s, phonemes=result.phonemes)
+
+    def _fail(self, out: dict[str, Any], exc: BaseException) -> None:
+        out["error"] = row_error(exc)
+        logger.info("row %s failed: %s", out["id"], out["error"])
+
+    def synthesize_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One row -> its output record; every failure becomes the record's ``error``."""
         out = self._record(row)
-        opts = self.pipeline.options
-        text = _cell(row.get("text"))
         t0 = time.perf_counter()
         try:
-            speed_text = _cell(row.get("speed")).strip()
-            try:
-                out["speed"] = float(speed_text) if speed_text else opts.speed
-            except ValueError as exc:
-                raise InputError(f"speed must be a number between 0.5 and 2.0, got {speed_text!r}") from exc
-            if not text.strip():
-                raise TextError("text is empty: give the row some words to speak")
-            result = self.pipeline.synthesize(text, voice=out["voice"], lang=out["lang"], speed=out["speed"])
-            path = join(self.audio_root, f"{safe_name(out['id'])}.{self.fmt}")
-            write_audio(path, result.audio, result.sample_rate, self.fmt)
-            out.update(path=path, duration_s=result.duration_s, phonemes=result.phonemes)
+            req = self._request(row, out)
+            self._write(out, self.pipeline.synthesize(req.text, voice=req.voice, lang=req.lang, speed=req.speed))
         except Exception as exc:  # per-row: recorded, never raised
-            out["error"] = row_error(exc)
-            logger.info("row %s failed: %s", out["id"], out["error"])
+            self._fail(out, exc)
         out["synth_s"] = time.perf_counter() - t0
         return out
+
+    def synthesize_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many rows through shared padded forwards (a batching runner: torch, voxray's export).
+
+        The chunks of all rows are length-sorted and cut by ``max_batch_tokens``/``max_batch_items``
+        (:func:`voxray.tts.batching.plan_batches`); a failing forward is retried chunk by chunk, so a
+        bad row fails alone. ``synth_s`` is the call's time shared out by characters.
+        """
+        from voxray.errors import VoxrayError
+
+        t0 = time.perf_counter()
+        outs = [self._record(row) for row in rows]
+        requests: list[tuple[dict[str, Any], TTSRequest]] = []
+        for row, out in zip(rows, outs, strict=True):
+            try:
+                requests.append((out, self._request(row, out)))
+            except Exception as exc:
+                self._fail(out, exc)
+        results = self.pipeline.synthesize_batch([req for _, req in requests])
+        for (out, _), result in zip(requests, results, strict=True):
+            try:
+                if isinstance(result, VoxrayError):
+                    raise result
+                self._write(out, result)
+            except Exception as exc:
+                self._fail(out, exc)
+        share = (time.perf_counter() - t0) / max(1, sum(o["chars"] for o in outs))
+        for out in outs:
+            out["synth_s"] = share * out["chars"]
+        return outs
 
     def _record(self, row: dict[str, Any]) -> dict[str, Any]:
         opts = self.pipeline.options
@@ -188,7 +232,14 @@ class SynthesizeActor(TTSActor):
         return [{k: batch[k][i] for k in ROW_FIELDS if k in batch} for i in range(len(batch["id"]))]
 
     def process(self, batch: dict[str, Any]) -> pa.Table:
-        return pa.Table.from_pylist([self.synthesize_row(row) for row in self._rows(batch)], schema=SCHEMA)
+        rows = self._rows(batch)
+        before = self.pipeline.stats.as_dict()
+        if len(rows) > 1 and getattr(self.pipeline.runner, "batches", False):
+            out = self.synthesize_rows(rows)
+        else:
+            out = [self.synthesize_row(row) for row in rows]
+        report_forwards(self.state, self.pipeline, before)
+        return pa.Table.from_pylist(out, schema=SCHEMA)
 
     def crash_rows(self, batch: dict[str, Any], message: str) -> pa.Table:
         return pa.Table.from_pylist([{**self._record(r), "error": message} for r in self._rows(batch)], schema=SCHEMA)
@@ -255,6 +306,8 @@ def run_synthesize(
         actor_real_time_factor=synth / report.audio_s if report.audio_s > 0 else 0.0,
         actors=len(summary.get("actors", {})),
         crash_rows=counts.by_kind.get("crash", 0),
+        backend=job.tts.backend,
+        **forward_report(summary.get("counters", {})),
     )
     write_report(out, report)
     return report.to_dict()

@@ -47,14 +47,33 @@ def plan_tts_actors(
 
 
 class TTSActor(ModelActor):
-    """Base of the Kokoro actors: a GPU actor needs onnxruntime's CUDA provider (onnxruntime-gpu)."""
+    """Base of the Kokoro actors: a GPU actor needs CUDA in torch (the torch backend, which batches
+    rows into shared forwards) or onnxruntime's CUDA provider (onnxruntime-gpu)."""
 
     stage = "tts"
 
     def cuda_available(self) -> bool:
         import onnxruntime as ort
 
+        from voxray.tts.torch_runner import cuda_available, torch_available
+
+        if torch_available() and cuda_available():
+            return True
         return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def report_forwards(state: Any, pipeline: Any, before: dict[str, int]) -> None:
+    """Add what this call's forwards did (since ``before``) to the job's state actor."""
+    if state is not None:
+        state.add.remote(**{k: v - before.get(k, 0) for k, v in pipeline.stats.as_dict().items()})
+
+
+def forward_report(counters: dict[str, float]) -> dict[str, Any]:
+    """run.json's view of the TTS forwards: how many, chunks per forward, padding waste."""
+    forwards, chunks = int(counters.get("tts_forwards", 0)), int(counters.get("tts_chunks", 0))
+    padded = counters.get("tts_padded_tokens", 0)
+    return {"forward_passes": forwards, "chunks_per_forward": chunks / forwards if forwards else 0.0,
+            "padding_waste": 1 - counters.get("tts_tokens", 0) / padded if padded else 0.0}
 
 
 def tts_map_kwargs(plan: PoolPlan, retries: RetryOptions, batch: int) -> dict[str, Any]:
@@ -118,3 +137,4 @@ def tts_stage(
                                        "crashes_per_input": retries.crashes_per_input, **actor_kwargs},
                 **tts_map_kwargs(plan, retries, batch),
             )
+        report.extra["forwards"] = forward_report(ray.get(state.summary.remote(), timeout=60)["counters"])

@@ -77,6 +77,21 @@ class Synthesis:
 
 
 @dataclass
+class ForwardStats:
+    """What a pipeline's model calls did: forwards, the chunks in them and their padded tokens
+    (a job's report says how full its batches were)."""
+
+    forwards: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"tts_forwards": self.forwards, "tts_chunks": self.chunks, "tts_tokens": self.tokens,
+                "tts_padded_tokens": self.padded_tokens}
+
+
+@dataclass
 class PlannedChunk:
     """A chunk before synthesis: graphemes, phonemes and their token ids (within the budget)."""
 
@@ -161,6 +176,7 @@ class TTSPipeline:
         self._g2p: dict[str, Callable[[str], str]] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()
+        self.stats = ForwardStats()
 
     # ------------------------------------------------------------------ text side
     def g2p(self, lang: str) -> Callable[[str], str]:
@@ -318,6 +334,11 @@ class TTSPipeline:
 
     def _infer(self, jobs: Sequence[ChunkJob]) -> list[Any]:
         items = [SynthItem(j.chunk.tokens, j.style, j.speed, j.seed) for j in jobs]
+        lengths = [len(j.chunk.tokens) for j in jobs]
+        self.stats.forwards += 1
+        self.stats.chunks += len(jobs)
+        self.stats.tokens += sum(lengths)
+        self.stats.padded_tokens += len(jobs) * max(lengths, default=0)
         if hasattr(self.runner, "infer_batch"):
             return list(self.runner.infer_batch(items))
         from voxray.tts.batching import RawOutput  # a minimal runner (tests, plugins): infer() only
