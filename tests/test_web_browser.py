@@ -1,28 +1,24 @@
 """The page in a real headless Chromium (Debian's `chromium`, driven by Python playwright through
-executable_path; no browser download), against a small test server: FastAPI + add_web_routes + the
-OpenAI routes the page calls, backed in-process by voxray's runners (Kokoro, the shipped Korean CTC
-model). Screenshots go to out/screenshots/."""
+executable_path; no browser download), against the real Serve applications (the HTTP ingress with
+its page, the model deployments and the realtime WebSocket app) on the session's Ray cluster, auth
+on. Chromium's fake microphone plays a committed Korean clip for the live transcription test.
+Screenshots go to out/screenshots/."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-import socket
-import threading
-import time
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from net import free_port, serve_on, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "out" / "screenshots"
 KEY = "browser-key"
+MODEL = ROOT / "models" / "ko-synthetic-ctc"
 KO_CLIP = ROOT / "samples" / "ko" / "espeak" / "rt-000.flac"
 #: In-browser synthesis (onnxruntime-web WASM) vs the server's Python path. The JS code is the one
 #: that is bit-identical to Python under onnxruntime-node (test_web_parity), but WASM's int8 kernels
@@ -33,104 +29,71 @@ KO_CLIP = ROOT / "samples" / "ko" / "espeak" / "rt-000.flac"
 MAX_LEN_DIFF = 0.02
 MAX_LEVEL_DB = 1.0
 MIN_SPECTRUM_CORR = 0.95
+#: live microphone transcription (fake capture of KO_CLIP, resampled by the page to 16 kHz) vs the
+#: file API's transcript of the same clip: character error rate of the first final.
+MAX_LIVE_CER = 0.25
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+         "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
 pytestmark = pytest.mark.slow
 
 
-class Speech(BaseModel):
-    input: str
-    voice: str = "jf_alpha"
-    speed: float = 1.0
-    lang: str | None = None
-    model: str | None = None
-    response_format: str = "pcm"
+def _config(key_file: str) -> dict:
+    small = {"num_cpus": 0.1, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
+    return {
+        "asr": {"model": str(MODEL)},
+        "asr_deployment": {**small, "max_batch_size": 4, "max_ongoing_requests": 8},
+        "embed": {"model": str(MODEL)},
+        "embed_deployment": {**small, "max_batch_size": 4, "max_ongoing_requests": 8},
+        "tts": {"threads": 1},
+        "tts_deployment": {**small, "max_batch_size": 1, "max_ongoing_requests": 4},
+        "ingress": {"num_cpus": 0.1, "api_key_file": key_file, "auth_required": True},
+        "realtime_deployment": {**small, "max_sessions": 4},
+    }
 
 
-def _app():
-    from voxray.asr import ASRRunner
-    from voxray.asr.config import ASROptions
-    from voxray.audio import decode_audio
-    from voxray.deployments.formats import pcm16
-    from voxray.deployments.web import add_web_routes
+@pytest.fixture(scope="module")
+def server(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from voxray.deployments.app import build_app
+    from voxray.deployments.realtime import build_realtime_app
     from voxray.tts.pipeline import TTSPipeline
 
-    tts = TTSPipeline(threads=1)
-    asr = ASRRunner(ASROptions(model=str(ROOT / "models" / "ko-synthetic-ctc"), timestamps="word"))
-    from voxray.embed.config import EmbedOptions
-    from voxray.embed.runner import Embedder
-
-    embedder = Embedder(EmbedOptions(model=str(ROOT / "models" / "ko-synthetic-ctc")))
-    app = FastAPI()
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {KEY}":
-            return JSONResponse({"error": {"message": "missing or invalid API key"}}, status_code=401)
-        return await call_next(request)
-
-    @app.post("/v1/audio/speech")
-    async def speech(req: Speech):
-        chunks = await asyncio.to_thread(lambda: [c.audio for c in tts(req.input, req.voice, req.lang, req.speed)])
-        return StreamingResponse((pcm16(c) for c in chunks), media_type="audio/pcm")
-
-    @app.get("/v1/audio/voices")
-    async def voices():
-        return {"voices": tts.voices.names}
-
-    @app.post("/v1/audio/transcriptions")
-    async def transcriptions(file: UploadFile = File(...), response_format: str = Form("json")):
-        data = await file.read()
-        audio = await asyncio.to_thread(decode_audio, io.BytesIO(data))
-        result = (await asyncio.to_thread(asr.transcribe, [audio]))[0]
-        words = [{"word": c["text"], "start": c["start"], "end": c["end"]} for c in result.chunks]
-        return {"text": result.text, "words": words, "duration": result.duration_s}
-
-    @app.post("/v1/audio/embeddings")
-    async def embeddings(file: UploadFile = File(...)):
-        audio = await asyncio.to_thread(decode_audio, io.BytesIO(await file.read()))
-        result = (await asyncio.to_thread(embedder.embed, [audio]))[0]
-        return {"object": "list", "data": [{"object": "embedding", "index": 0,
-                                            "embedding": result.embedding.tolist()}]}
-
-    add_web_routes(app)  # the ingress's auth covers /v1; here the middleware above does
-    return app, tts, asr
+    key_file = tmp_path_factory.mktemp("secret") / "key"
+    key_file.write_text(KEY + "\n")
+    config = _config(str(key_file))
+    with serve_on(free_port()) as base:
+        serve._run(build_app(config), name="voxray", route_prefix="/", _blocking=False)
+        serve.run(build_realtime_app(config), name="voxray-realtime", route_prefix="/v1/realtime")
+        wait_healthy(base)
+        yield base, TTSPipeline(threads=1), None  # the server's TTS options, for reference audio here
 
 
 @pytest.fixture(scope="module")
-def server():
-    import uvicorn
-
-    app, tts, asr = _app()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", tts, asr
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def page(server):
+def page(server, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is not installed: apt-get install -y chromium (.ci/run does it)")
     from playwright.sync_api import sync_playwright
 
+    from voxray.audio import decode_audio, resample, write_audio
+
+    mic = tmp_path_factory.mktemp("mic") / "mic.wav"  # Chromium's fake capture reads (and loops) a WAV
+    clip = np.concatenate([np.zeros(8000, np.float32), decode_audio(str(KO_CLIP)), np.zeros(32000, np.float32)])
+    write_audio(str(mic), resample(clip, 16000, 48000), 48000)  # the capture device's own rate
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=[*FLAGS, f"--use-file-for-fake-audio-capture={mic}"])
         pg = browser.new_page()
         errors: list[str] = []
         pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.errors = errors
+        pg.log = []
+        pg.on("console", lambda m: pg.log.append(f"{m.type}: {m.text}"))
+        pg.on("websocket", lambda ws: pg.log.append(f"websocket {ws.url}"))
         pg.goto(server[0] + "/")
         yield pg
         browser.close()
@@ -238,4 +201,52 @@ def test_embeddings_cosine_matches_api(page, server):
     shown = float(page.text_content("#emb-result").split(":")[1])
     assert abs(shown - want) < 1e-4
     page.screenshot(path=str(SHOTS / "05-embeddings.png"), full_page=True)
+    assert page.errors == [], page.errors
+
+
+def _cer(ref: str, hyp: str) -> float:
+    import jiwer
+
+    return jiwer.cer(ref.replace(" ", ""), hyp.replace(" ", ""))
+
+
+def test_speak_highlights_each_word_as_it_is_heard(page):
+    text = "The quiet harbour was bright. A small boat left the dock."
+    page.fill("#speak-text", text)
+    page.fill("#speak-voice", "jf_alpha")
+    page.fill("#speak-speed", "1.0")
+    page.check("input[name=engine][value=server]")
+    page.click("#speak-go")
+    page.wait_for_function("document.querySelector('#speak-result').dataset.engine === 'server'", timeout=120_000)
+    shown = [re.sub(r"[^a-z]", "", w.lower()) for w in page.locator("#speak-words span").all_text_contents()]
+    assert [w for w in shown if w] == re.sub(r"[^a-z ]", "", text.lower()).split()
+    page.wait_for_function("document.querySelector('#speak-words span.on') !== null", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "06-speak-highlight.png"), full_page=True)
+    duration = float(page.get_attribute("#speak-result", "data-duration"))
+    all_said = "[...document.querySelectorAll('#speak-words span')].every(s => s.classList.contains('said'))"
+    page.wait_for_function(all_said, timeout=int(1000 * (duration + 30)))
+    starts = [float(x) for x in page.eval_on_selector_all("#speak-words span", "els => els.map(e => e.dataset.start)")]
+    assert starts == sorted(starts) and starts[-1] < duration
+    assert page.errors == [], page.errors
+
+
+def test_live_microphone_transcribes_through_the_realtime_websocket(page, server):
+    import httpx
+
+    url = server[0]
+    with open(KO_CLIP, "rb") as fh:
+        api = httpx.post(url + "/v1/audio/transcriptions", files={"file": (KO_CLIP.name, fh.read())},
+                         headers={"Authorization": f"Bearer {KEY}"}, timeout=120).json()
+    page.click("#asr-live")
+    try:
+        page.wait_for_function("document.querySelector('#live-final').textContent.trim().length > 0", timeout=90_000)
+    finally:
+        page.screenshot(path=str(SHOTS / "07-live.png"), full_page=True)
+        print("live status:", page.text_content("#status"), "| partial:", page.text_content("#live-partial"),
+              "| log:", page.log[-10:])
+    page.click("#asr-live")  # stop: commits and closes the socket
+    first = page.text_content("#live-final").strip().splitlines()[0]
+    cer = _cer(api["text"], first)
+    print(f"live microphone first final {first!r} vs file API {api['text']!r}: CER {cer:.3f}")
+    assert cer <= MAX_LIVE_CER, (first, api["text"])
     assert page.errors == [], page.errors

@@ -5,7 +5,7 @@ import { SAMPLE_RATE, blendTables, parseBlend, synthesize } from "./kokoro.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "voxray.apiKey";
-const state = { session: null, tables: {}, audioCtx: null, lastAudio: null };
+const state = { session: null, tables: {}, audioCtx: null, lastAudio: null, words: [] };
 window.voxray = state; // for tests and the console
 
 function setStatus(text, isError = false) {
@@ -55,30 +55,73 @@ function concat(parts) {
 }
 
 // ---------------------------------------------------------------- speak
+// Server-sent events (stream_format "sse"): each speech.audio.delta holds the next pcm16 chunk and
+// the words it says; every chunk is scheduled right after the previous one and each word gets the
+// AudioContext time it will be heard at, so highlighting follows the sound even after an underrun.
 async function speakServer(text, voice, speed, lang) {
   const resp = await api("/v1/audio/speech", {
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model: "tts-1", input: text, voice, speed, lang, response_format: "pcm" }),
+    body: JSON.stringify({ model: "tts-1", input: text, voice, speed, lang, response_format: "pcm", stream_format: "sse" }),
   });
-  // pcm16 streamed chunk by chunk: play each piece as it arrives
-  const reader = resp.body.getReader();
+  const box = $("speak-words");
+  box.textContent = "";
+  state.words = [];
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   const parts = [];
-  let carry = new Uint8Array(0);
+  let buffer = "";
   let until = 0;
+  let offset = 0; // stream seconds before this chunk
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    const bytes = new Uint8Array(carry.length + value.length);
-    bytes.set(carry); bytes.set(value, carry.length);
-    const even = bytes.length - (bytes.length % 2);
-    carry = bytes.slice(even);
-    const view = new DataView(bytes.buffer, 0, even);
-    const f = new Float32Array(even / 2);
-    for (let i = 0; i < f.length; i++) f[i] = view.getInt16(2 * i, true) / 32767;
-    parts.push(f);
-    until = play(f, until);
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut).trim();
+      buffer = buffer.slice(cut + 2);
+      if (!line.startsWith("data: ")) continue;
+      const ev = JSON.parse(line.slice(6));
+      if (ev.type !== "speech.audio.delta") continue;
+      const bytes = Uint8Array.from(atob(ev.audio), (c) => c.charCodeAt(0));
+      const view = new DataView(bytes.buffer, 0, bytes.length - (bytes.length % 2));
+      const f = new Float32Array(view.byteLength / 2);
+      for (let i = 0; i < f.length; i++) f[i] = view.getInt16(2 * i, true) / 32767;
+      if (!f.length) continue;
+      const at = Math.max(audioCtx().currentTime, until);
+      until = play(f, until);
+      for (const w of ev.words || []) addWord(box, w, at + (w.start - offset), at + (w.end - offset));
+      offset += f.length / SAMPLE_RATE;
+      parts.push(f);
+      if (state.words.length) highlight();
+    }
   }
   return concat(parts);
+}
+function addWord(box, w, heardAt, heardEnd) {
+  const span = document.createElement("span");
+  span.textContent = w.word;
+  span.dataset.start = w.start;
+  span.dataset.end = w.end;
+  box.append(span, " ");
+  state.words.push({ span, at: heardAt, end: heardEnd });
+}
+let highlighting = false;
+function highlight() {
+  if (highlighting) return;
+  highlighting = true;
+  const tick = () => {
+    const now = audioCtx().currentTime;
+    let pending = false;
+    for (const w of state.words) {
+      const on = w.at <= now && now < w.end;
+      w.span.classList.toggle("on", on);
+      if (w.at <= now) w.span.classList.add("said");
+      else pending = true;
+    }
+    if (pending || now < (state.words.at(-1)?.end ?? 0)) requestAnimationFrame(tick);
+    else { highlighting = false; for (const w of state.words) w.span.classList.remove("on"); }
+  };
+  requestAnimationFrame(tick);
 }
 async function voiceTable(spec) {
   const terms = parseBlend(spec);
@@ -103,6 +146,8 @@ async function kokoroSession() {
   return state.session;
 }
 async function speakBrowser(text, voice, speed, lang) {
+  $("speak-words").textContent = "";
+  state.words = [];
   const plan = await (await api("/v1/audio/phonemes", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ input: text, lang }),
   })).json();
@@ -167,7 +212,9 @@ async function transcribeBlob(blob, name) {
 let recorder = null;
 async function toggleRecord() {
   if (recorder) { recorder.stop(); return; }
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
   const chunks = [];
   recorder = new MediaRecorder(stream);
   recorder.ondataavailable = (e) => chunks.push(e.data);
@@ -194,9 +241,14 @@ async function toggleLive() {
   const key = sessionStorage.getItem(KEY);
   const url = new URL("v1/realtime?intent=transcription", document.baseURI);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(url, key ? ["realtime", `openai-insecure-api-key.${key}`] : ["realtime"]);
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+  // raw capture: echo cancellation, noise suppression and gain control reshape speech, and the
+  // recogniser was trained on unprocessed audio
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
   const ctx = new AudioContext({ sampleRate: 16000 });
+  // opened once the microphone is ours, handlers set at once: an "open" before them would be lost
+  const ws = new WebSocket(url, key ? ["realtime", `openai-insecure-api-key.${key}`] : ["realtime"]);
   const source = ctx.createMediaStreamSource(stream);
   const proc = ctx.createScriptProcessor(4096, 1, 1);
   proc.onaudioprocess = (e) => {
