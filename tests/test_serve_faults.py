@@ -72,10 +72,11 @@ def test_asr_overload_gives_503_with_retry_after(apps):
 
 
 def test_replica_killed_under_load_fails_at_most_its_in_flight_requests(apps):
+    """SIGKILL the ASR replica under load. A tiny model's forward is short next to the ingress's
+    decode, so a kill can land while no request is inside the replica: then it is repeated (up to
+    three kills) until the ingress has seen in-flight requests die; every bound holds per kill."""
     url = f"{apps}/faults"
-    clients = 4
-    old_pid = int(_counter(url, "voxray_deployment_batch", deployment="asr", stat="pid"))
-    assert old_pid > 0
+    clients, kills = 4, 0
     results: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -84,30 +85,40 @@ def test_replica_killed_under_load_fails_at_most_its_in_flight_requests(apps):
             r = _post(url)
             results.append((time.monotonic(), r.status_code))
 
+    def deaths_seen() -> float:
+        return sum(_counter(url, "voxray_replica_failures_total", deployment="asr", outcome=o)
+                   for o in ("retried", "failed"))
+
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(4)
-    killed_at = time.monotonic()
-    os.kill(old_pid, signal.SIGKILL)  # a replica process this test session's cluster started
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until the replacement has answered for a while
-        late = [c for t, c in results if t > killed_at + 1]
-        if sum(1 for c in late if c == 200) >= 2 * clients:
-            break
-        time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=180)
+    pids = []
+    try:
+        while kills < 3 and (kills == 0 or deaths_seen() < 1):
+            old_pid = int(_counter(url, "voxray_deployment_batch", deployment="asr", stat="pid"))
+            assert old_pid > 0 and old_pid not in pids
+            pids.append(old_pid)
+            time.sleep(4)
+            killed_at = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)  # a replica process this test session's cluster started
+            kills += 1
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until the replacement has answered for a while
+                if sum(1 for t, c in results if t > killed_at + 1 and c == 200) >= 2 * clients:
+                    break
+                time.sleep(0.5)
+            assert sum(1 for t, c in results if t > killed_at and c == 200) >= 2 * clients  # it recovered
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
     failed = [c for _, c in results if c != 200]
-    assert len(failed) <= clients, failed  # at most the requests in flight at the kill
+    assert len(failed) <= clients * kills, failed  # at most the requests in flight at each kill
     assert set(failed) <= {503}  # each with Retry-After, never a 500
-    assert sum(1 for t, c in results if t > killed_at and c == 200) >= 2 * clients  # it recovered
     new_pid = int(_counter(url, "voxray_deployment_batch", deployment="asr", stat="pid"))
-    assert new_pid not in (0, old_pid)
-    seen = sum(_counter(url, "voxray_replica_failures_total", deployment="asr", outcome=o)
-               for o in ("retried", "failed"))
+    assert new_pid not in (0, *pids)
+    seen = deaths_seen()
     retried = _counter(url, "voxray_replica_failures_total", deployment="asr", outcome="retried")
-    print(f"\nreplica kill: {len(results)} requests by {clients} clients, {len(failed)} failed {failed}, "
-          f"{seen:g} in-flight deaths seen by the ingress ({retried:g} retried), pid {old_pid} -> {new_pid}")
-    assert seen >= 1  # the ingress saw the in-flight requests die, and counted them
+    print(f"\nreplica kills: {kills}, {len(results)} requests by {clients} clients, {len(failed)} failed {failed}, "
+          f"{seen:g} in-flight deaths seen by the ingress ({retried:g} retried), pids {pids} -> {new_pid}")
+    assert seen >= 1  # the ingress saw in-flight requests die, and counted them
