@@ -158,7 +158,7 @@ def _deploy(model: str, batch_streams: bool, port: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1/8/32 clients, 10 s each, XLSR-large 1 client")
+    ap.add_argument("--quick", action="store_true", help="1/8/16/24/32 clients, 10 s each, XLSR-large 1 client")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -181,7 +181,7 @@ def main() -> int:
     defaults = StreamingOptions()
     budget = defaults.chunk_s + defaults.lookahead_s + 0.3
     seconds = 10.0 if args.quick else 30.0
-    counts = (1, 8, 32) if args.quick else (1, 4, 8, 16, 32, 48, 64)
+    counts = (1, 8, 16, 24, 32) if args.quick else (1, 4, 8, 16, 24, 32, 48, 64)
     tmp = tempfile.mkdtemp(prefix="vxr-bench-")
     port = 18000 + os.getpid() % 1000
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)

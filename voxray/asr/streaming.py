@@ -124,7 +124,8 @@ class StreamingASR:
             return feats[0].transpose(0, 1).float().cpu().numpy()
 
     def forward_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
-        """Kept logits [frames, vocab] per window; windows of many streams run as one padded batch.
+        """Logits [frames, vocab] per window from its first kept frame (the kept frames, then the
+        lookahead ones); windows of many streams run as one padded batch.
 
         Layer-norm models batch any lengths with an attention mask (padding-exact, as in the batch
         runner); group-norm models batch only windows of equal length.
@@ -166,7 +167,10 @@ class StreamingASR:
             if getattr(w2v, "adapter", None) is not None:
                 hidden = w2v.adapter(hidden)
             logits = self.model.lm_head(hidden).float().cpu().numpy()
-        return [logits[i, w.keep] for i, w in enumerate(windows)]
+        # each window's rows from its first kept frame to its own end: the kept frames, then its
+        # lookahead frames (a session only peeks at those; they are emitted by a later window)
+        ends = [logits.shape[1] if raw else len(w.features) for w in windows]
+        return [logits[i, w.keep.start: ends[i]] for i, w in enumerate(windows)]
 
 
 class StreamSession:
@@ -199,6 +203,7 @@ class StreamSession:
         self.finished = False
         # decoder state: CTC collapse across steps, committed units, segment bookkeeping
         self._prev_id = -1
+        self._ahead: np.ndarray = np.zeros(0, np.int64)  # argmax ids of the last window's lookahead frames
         self._units: list[tuple[str, int, int]] = []  # uncommitted units of the current segment
         self._seg_units: list[tuple[str, int, int]] = []  # committed units of the current segment
         self._seg_text = ""
@@ -262,8 +267,13 @@ class StreamSession:
         return windows
 
     def accept(self, window: Window, logits: np.ndarray) -> list[StreamEvent]:
-        """Decode one window's kept logits (in order); returns deltas and finals."""
-        return self._decode(logits.argmax(axis=-1), window.first_frame)
+        """Decode one window's logits from :meth:`StreamingASR.forward_windows` (in order): the kept
+        frames are decoded, the lookahead frames after them only tell whether a pending Korean
+        syllable is complete. Returns deltas and finals."""
+        ids = logits.argmax(axis=-1)
+        kept = window.keep.stop - window.keep.start
+        self._ahead = ids[kept:]
+        return self._decode(ids[:kept], window.first_frame)
 
     # ------------------------------------------------------------------ features
     def _run(self, windows: list[Window]) -> list[StreamEvent]:
@@ -369,10 +379,15 @@ class StreamSession:
         """How many leading uncommitted units can no longer change when more units arrive.
 
         A Korean syllable spelled in jamo (initial, vowel, optional final) is pending while it
-        could still take a final; a lone initial is pending until its vowel comes.
+        could still take a final; a lone initial is pending until its vowel comes. The lookahead
+        frames already computed settle most of them now instead of a chunk later: an initial
+        consonant or a word break next means the syllable is complete, a final means it is not,
+        and a lookahead of only blanks (0.64 s by default: a final follows its vowel within a few
+        frames) closes it.
         """
         units = self._units
-        if not self.engine.decoder.compose_jamo or not units:
+        d = self.engine.decoder
+        if not d.compose_jamo or not units:
             return len(units)
         from voxray.text_ko import is_initial, is_vowel
 
@@ -380,8 +395,23 @@ class StreamSession:
         if is_initial(units[-1][0]):
             return n - 1
         if n >= 2 and is_vowel(units[-1][0]) and is_initial(units[-2][0]):
-            return n - 2  # initial + vowel: a final may still come
+            return n if self._next_is_not_a_final() else n - 2  # initial + vowel: a final may come
         return n
+
+    def _next_is_not_a_final(self) -> bool:
+        """The lookahead's first new unit is not a final consonant (or there is none in it)."""
+        from voxray.text_ko import is_final
+
+        d = self.engine.decoder
+        if not len(self._ahead):
+            return False  # no lookahead: nothing is known yet
+        prev = self._prev_id
+        for tok in self._ahead.tolist():
+            if tok == prev or tok == d.blank_id or tok in d.skip_ids or tok >= len(d.vocab):
+                prev = tok
+                continue
+            return not is_final(d.vocab[tok])
+        return True  # only blanks (and the vowel's own repeats) ahead
 
     def _commit(self, flush: bool) -> StreamEvent | None:
         """Move stable units into the segment text; return the delta (None when nothing new)."""

@@ -49,19 +49,20 @@ class _Stop(BaseException):
     """Raised by the SIGTERM/SIGINT handler in the main thread."""
 
 
-def load_serve_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(http_options, app args) from a Serve config file (first application), or defaults."""
+def load_serve_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(http_options, app args, proxy_location) from a Serve config file (its first application's
+    args: the realtime application shares them), or defaults."""
     from voxray.config import load_yaml
 
     if path is None:
         if not os.path.exists(DEFAULT_CONFIG):
-            return {}, {}
+            return {}, {}, None
         path = DEFAULT_CONFIG
     if not os.path.exists(path):
         raise SystemExit(f"voxray serve: config file not found: {path}")
     data = load_yaml(path)
     apps = data.get("applications") or [{}]
-    return dict(data.get("http_options") or {}), dict(apps[0].get("args") or {})
+    return dict(data.get("http_options") or {}), dict(apps[0].get("args") or {}), data.get("proxy_location")
 
 
 def _is_loopback(host: str) -> bool:
@@ -127,7 +128,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # voxray says what matters, once
     cmd = ServeCommandOptions(**collect_options(args, "serve__"))
-    http, app_args = load_serve_config(cmd.config)
+    http, app_args, proxy_location = load_serve_config(cmd.config)
     overrides: dict[str, Any] = {}
     for kind, model in (("asr", args.asr_model), ("embed", args.embed_model), ("tts", args.tts_model)):
         if model:
@@ -156,7 +157,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             check_placeable(config, wait_s=0)  # nothing can add nodes to a cluster voxray just started
         else:
             check_placeable(config, wait_s=config.startup_timeout_s)
-        serve.start(http_options=http)
+        serve.start(http_options=http, **({"proxy_location": proxy_location} if proxy_location else {}))
         deployed = True
         serve._run(build_app(config, check=False), _blocking=False, name=APP_NAME, route_prefix="/")
         realtime = config.realtime_enabled

@@ -29,7 +29,7 @@ from voxray.jobs.runtime import ProgressFn, check_runner_device, map_stage
 from voxray.jobs.tts_stages import TTSActor, forward_report, plan_tts_actors, report_forwards, tts_map_kwargs
 from voxray.results import RunReport, now_iso, read_shards, write_report
 from voxray.storage import ensure_dir, join
-from voxray.tts.config import SAMPLE_RATE, AudioFormat, TTSOptions
+from voxray.tts.config import SAMPLE_RATE, AudioFormat, TTSOptions, check_speed
 
 if TYPE_CHECKING:
     from voxray.tts.pipeline import TTSRequest
@@ -157,10 +157,7 @@ class SynthesizeActor(TTSActor):
 
         text = _cell(row.get("text"))
         speed_text = _cell(row.get("speed")).strip()
-        try:
-            out["speed"] = float(speed_text) if speed_text else self.pipeline.options.speed
-        except ValueError as exc:
-            raise InputError(f"speed must be a number between 0.5 and 2.0, got {speed_text!r}") from exc
+        out["speed"] = check_speed(speed_text) if speed_text else self.pipeline.options.speed
         if not text.strip():
             raise TextError("text is empty: give the row some words to speak")
         return TTSRequest(text, voice=out["voice"], lang=out["lang"], speed=out["speed"])

@@ -15,6 +15,7 @@ SAMPLE_RATE = 24000
 MAX_TOKENS = 510  # Kokoro's limit: 512 positions including the two pad tokens
 DEFAULT_VOICE = "jf_alpha"
 DEFAULT_LANG = "en-us"
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 TTSBackend = Literal["auto", "onnx", "torch"]
 
@@ -43,7 +44,7 @@ class TTSOptions(Options):
         DEFAULT_LANG,
         description="en-us | en-gb | es | fr | hi | it | pt-br | ja | zh | ko (Kokoro was not trained on Korean)",
     )
-    speed: float = Field(1.0, ge=0.5, le=2.0, description="speaking rate, 0.5-2.0")
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description=f"speaking rate, {MIN_SPEED}-{MAX_SPEED}")
     max_tokens: int = Field(
         MAX_TOKENS, ge=16, le=MAX_TOKENS, description="phoneme tokens per model call (Kokoro's limit: 510)"
     )
@@ -73,3 +74,17 @@ class TTSOptions(Options):
         True, description="scale by 1/1.5 to undo the kokoro-onnx exports' 1.5x output level (not applied "
         "to the torch backend or `voxray export tts` graphs, whose level is right)",
     )
+
+
+def check_speed(value: object) -> float:
+    """The one speed rule (a number in [MIN_SPEED, MAX_SPEED]) for text cells, API values and
+    options alike; raises :class:`~voxray.errors.InputError` saying what is allowed."""
+    from voxray.errors import InputError
+
+    try:
+        speed = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"speed must be a number between {MIN_SPEED} and {MAX_SPEED}, got {value!r}") from exc
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise InputError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed:g}")
+    return speed

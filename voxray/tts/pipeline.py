@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from voxray.errors import InputError, TextError, VoxrayError
+from voxray.errors import TextError, VoxrayError
 from voxray.text import chunk_text, normalize_text
 from voxray.tts.batching import SynthItem, plan_batches
-from voxray.tts.config import SAMPLE_RATE, TTSOptions
+from voxray.tts.config import SAMPLE_RATE, TTSOptions, check_speed
 from voxray.tts.timestamps import WordTiming, word_timings
 
 logger = logging.getLogger("voxray.tts")
@@ -239,14 +239,7 @@ class TTSPipeline:
         return table[min(n_tokens, table.shape[0] - 1)].reshape(1, -1)
 
     def _check_speed(self, speed: float | None) -> float:
-        value = self.options.speed if speed is None else speed
-        try:
-            value = float(value)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"speed must be a number between 0.5 and 2.0, got {speed!r}") from exc
-        if not 0.5 <= value <= 2.0:
-            raise InputError(f"speed must be between 0.5 and 2.0, got {value}")
-        return value
+        return check_speed(self.options.speed if speed is None else speed)
 
     def __call__(
         self,
