@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     app_args["asr"]["model"] = app_args["embed"]["model"] = model
     for kind in DEPLOYMENTS:  # one replica each: a deployment's memory is one process
         app_args[f"{kind}_deployment"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
+    app_args["realtime_deployment"] = {"enabled": False}  # the soak drives the HTTP app only
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _temp_dir=os.path.join(work, "ray"))
     config = fit_to_cluster(ServeAppConfig(**app_args), float(cpus))
     port = 18000 + random.randrange(2000)

@@ -132,7 +132,12 @@ def live(base: str, audio: np.ndarray, clients: int, seconds: float) -> dict:
         await asyncio.gather(*(_client(base, np.roll(audio, 4000 * i), seconds, o) for i, o in enumerate(outs)))
         return outs
 
+    import httpx
+
+    before = httpx.get(f"http://{base}/v1/realtime/stats", timeout=30).json()
     outs = asyncio.run(go())
+    after = httpx.get(f"http://{base}/v1/realtime/stats", timeout=30).json()
+    forwards = after["forwards"] - before["forwards"]
     lat = sorted(x for o in outs for x in o.get("latencies", []))
     finals = [x for o in outs for x in o.get("final_latency", [])]
 
@@ -140,7 +145,8 @@ def live(base: str, audio: np.ndarray, clients: int, seconds: float) -> dict:
         return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("inf")
 
     return {"clients": clients, "deltas": len(lat), "p50_text_latency_s": q(0.5), "p95_text_latency_s": q(0.95),
-            "final_latency_s": statistics.median(finals) if finals else float("inf")}
+            "final_latency_s": statistics.median(finals) if finals else float("inf"),
+            "windows_per_forward": (after["windows"] - before["windows"]) / forwards if forwards else 0.0}
 
 
 def _deploy(model: str, batch_streams: bool, port: int) -> str:
@@ -198,6 +204,7 @@ def main() -> int:
                 scans[label].append(r)
                 print(f"{label:>9} {n:3d} clients: p50 {r['p50_text_latency_s']:.2f} s, "
                       f"p95 {r['p95_text_latency_s']:.2f} s, final {r['final_latency_s']:.2f} s, "
+                      f"{r['windows_per_forward']:.2f} windows/forward, "
                       f"{'sustained' if r['sustained'] else 'NOT real-time'}", flush=True)
             serve.delete("voxray-realtime")
         big_dir = os.path.join(tmp, "xlsr-large")
