@@ -129,6 +129,7 @@ class KokoroONNX:
         threads: int | None = None,
         device: str = "auto",
         providers: Sequence[str] | None = None,
+        shrink_arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -143,6 +144,13 @@ class KokoroONNX:
         # with traffic. The arena itself stays: without it peak RSS tripled (malloc per tensor).
         opts.enable_mem_pattern = False
         self.providers = list(providers) if providers else choose_providers(device)
+        # The arena keeps the largest blocks any input length ever needed; shrinking it at the end
+        # of each run hands the unused ones back, so RSS follows the current input, not the history.
+        self.run_options = ort.RunOptions()
+        if shrink_arena:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                                  "cpu:0" if "CUDAExecutionProvider" not in self.providers
+                                                  else "cpu:0;gpu:0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
         except Exception as exc:
@@ -207,7 +215,8 @@ class KokoroONNX:
             "speed": np.array([i.speed for i in items], np.float32),
         }
         try:
-            audio, audio_lengths, durations = self.session.run(["audio", "audio_lengths", "durations"], feeds)
+            audio, audio_lengths, durations = self.session.run(["audio", "audio_lengths", "durations"], feeds,
+                                                               self.run_options)
         except Exception as exc:
             raise InferenceError(f"Kokoro inference failed on a batch of {len(items)}: {exc}") from exc
         return [
@@ -225,7 +234,7 @@ class KokoroONNX:
         }
         names = [self._audio_name] + ([self._durations_name] if self._durations_name else [])
         try:
-            outs = self.session.run(names, feeds)
+            outs = self.session.run(names, feeds, self.run_options)
         except Exception as exc:
             raise InferenceError(f"Kokoro inference failed on {len(tokens)} tokens: {exc}") from exc
         audio = np.asarray(outs[0], dtype=np.float32).reshape(-1)
