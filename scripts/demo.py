@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import sys
@@ -75,6 +76,9 @@ def main() -> int:
     stages: list[dict[str, Any]] = []
     cers: dict[str, float] = {}
     init_ray(RayOptions(num_cpus=os.cpu_count(), temp_dir=None))
+    import ray.data  # noqa: F401  (it configures its loggers on import: quiet them after)
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the demo prints its own progress, not Ray Data's
     try:
         # ---- 1. synthesis
         manifests = [os.path.join(ROOT, "samples", d, "sentences.csv") for d in ("tts", "ko")]
