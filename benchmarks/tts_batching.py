@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -99,22 +98,11 @@ def _worker(system: str, batch: int, model: str | None, data_path: str, device: 
     t0 = time.perf_counter()
     audio_s = run()
     wall = time.perf_counter() - t0
-    peak_mb = _vm_hwm_mb()
+    from voxray.jobs.audiobook import peak_rss_mb  # VmHWM: ru_maxrss would carry the exporting parent's peak
+
+    peak_mb = peak_rss_mb()
     del np
     return {"wall_s": wall, "audio_s": audio_s, "peak_rss_mb": round(peak_mb, 1)}
-
-
-def _vm_hwm_mb() -> float:
-    """This worker's own peak RSS (``VmHWM``): ``ru_maxrss`` would carry the parent's peak over
-    fork+exec on Linux (the parent grows to GBs while exporting)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _spawn(system: str, batch: int, model: str | None, data_path: str, device: str) -> dict[str, Any]:

@@ -151,25 +151,18 @@ class AudiobookActor(TTSActor):
         """Every model call of these book chunks in shared padded forwards (a batching runner);
         a chunk with any failure goes the one-by-one way (its retry included)."""
         from voxray.errors import VoxrayError
+        from voxray.tts.pipeline import TTSRequest
 
         t0 = time.perf_counter()
-        prepared: list[list[Any] | None] = []
-        for _, _, text in chunks:
-            try:
-                prepared.append(self.pipeline.prepare(text))
-            except VoxrayError:
-                prepared.append(None)  # run_chunk records the error (and retries once)
-        flat = [job for jobs in prepared if jobs for job in jobs]
-        done = iter(self.pipeline.synthesize_chunks(flat, return_errors=True))
-        results = [[next(done) for _ in jobs] if jobs else None for jobs in prepared]
+        results = self.pipeline.synthesize_batch([TTSRequest(text) for _, _, text in chunks])
         share = (time.perf_counter() - t0) / max(1, sum(len(t) for _, _, t in chunks))
         rows = []
         for (chunk_id, key, text), got in zip(chunks, results, strict=True):
-            if not got or any(isinstance(r, VoxrayError) for r in got):
+            if isinstance(got, VoxrayError):  # run_chunk records the error (and retries once)
                 rows.append(self.run_chunk(chunk_id, key, text))
                 continue
             try:
-                audio, timing = self._assemble(chunk_id, got)
+                audio, timing = self._assemble(chunk_id, got.chunks)
                 self._write(chunk_id, key, audio, timing, 1)
             except Exception:  # the store failed, say: the one-by-one path records it
                 rows.append(self.run_chunk(chunk_id, key, text))
@@ -274,13 +267,13 @@ def run_audiobook(job: AudiobookJob, actor_cls: type[AudiobookActor] | None = No
     # RTF over this run's new audio (what the run computed); chars/s over this run's chunks.
     extra["real_time_factor"] = report.wall_s / new_audio_s if new_audio_s else 0.0
     extra["chars_per_s"] = extra["chars_synthesized"] / report.wall_s if report.wall_s else 0.0
-    extra["driver_peak_rss_mb"] = _peak_rss_mb()
+    extra["driver_peak_rss_mb"] = peak_rss_mb()
     report.totals = {"chunks": len(chunks), "failed": extra["chunks_failed_total"], "pending": len(missing)}
     write_report(out, report)
     return report.to_dict()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak resident memory so far (the driver's: Ray workers are other processes).
 
     Linux: ``VmHWM`` of this address space. ``ru_maxrss`` would be wrong for a driver started by a
