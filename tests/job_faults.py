@@ -2,6 +2,9 @@
 
 - :class:`PoisonTranscribeActor` kills its own process (SIGKILL, like a native crash or the OOM
   killer) whenever it processes an input whose id contains ``POISON``.
+- :class:`PacedTranscribeActor` takes at least ``PACE_S`` per call, like a real model: the tiny test
+  model is so fast that a whole small corpus can pass the actor before the first commit, and a kill
+  after that commit would then hit an idle actor with nothing left to restart for.
 - :class:`LogicalGPUTranscribeActor` runs on CPU although Ray gave it a (logical) GPU: the one
   test-only way past the CUDA check, for ``ray.cluster_utils.Cluster`` nodes with ``num_gpus``.
 - :class:`FlakyAudiobookActor` raises on the first attempts of chosen chunks (``FAILURES``).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,14 @@ class PoisonTranscribeActor(TranscribeActor):
     def process(self, batch: dict[str, Any]) -> Any:
         if any(POISON in str(i) for i in batch["id"]):
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().process(batch)
+
+
+class PacedTranscribeActor(TranscribeActor):
+    PACE_S = 0.3
+
+    def process(self, batch: dict[str, Any]) -> Any:
+        time.sleep(self.PACE_S)
         return super().process(batch)
 
 

@@ -134,30 +134,35 @@ def test_poison_input_becomes_one_crash_row_then_retry_errors(ray_cluster, corpu
 
 
 def test_model_actor_sigkill_mid_job_every_id_once(ray_cluster, corpus, tmp_path):
-    from job_faults import pids_with_title
+    from job_faults import PacedTranscribeActor, pids_with_title
 
     from voxray.jobs.transcribe import run_transcribe
-    from voxray.results import list_shards
+    from voxray.results import list_shards, read_results
 
     root, wavs, model, reference = corpus
     out = tmp_path / "out"
     killed: list[int] = []
+    committed_at_kill: list[int] = []
 
     def chaos() -> None:  # once the first rows are committed, kill the model actor's process
         deadline = time.time() + 300
         while time.time() < deadline and not list_shards(str(out)):
-            time.sleep(0.1)
+            time.sleep(0.05)
+        committed_at_kill.append(read_results(str(out), ["id"]).num_rows)
         for pid in pids_with_title("TranscribeActor"):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
-    report = run_transcribe(_job(wavs, out, model, commit_rows=4, resources={"rows_per_call": 2}))
+    # paced calls (0.3 s per 2 rows): the kill lands while most of the corpus is still to do
+    report = run_transcribe(_job(wavs, out, model, commit_rows=4, resources={"rows_per_call": 2}),
+                            actor_cls=PacedTranscribeActor)
     thread.join(timeout=5)
     assert killed, "the model actor was never found"
+    assert committed_at_kill and committed_at_kill[0] < 21, committed_at_kill  # work was left when it died
     assert report["processed"] == 21 and report["errors_by_kind"] == {"decode": 1}, report
-    assert report["extra"]["actor_restarts"] >= 1
+    assert report["extra"]["actor_restarts"] >= 1, (committed_at_kill, report["extra"])
     assert _texts(str(out)) == reference
 
 
