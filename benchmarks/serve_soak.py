@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---- warm-up: the longest inputs each deployment will see, every TTS format
     t0 = time.perf_counter()
     longest = " ".join(SENTENCES * 2)  # several full-size (max_tokens) chunks
-    for fmt in ("pcm", "mp3", "flac", "opus", "wav"):
-        tts(longest if fmt == "pcm" else SENTENCES[0], fmt, "jf_alpha")
+    for fmt in dict.fromkeys(FORMATS):  # every format at the longest text: encoders' largest buffers
+        tts(longest, fmt, "jf_alpha")
+    for voice in VOICES:  # every voice (and the blend) loaded once
+        tts(SENTENCES[4], "pcm", voice)
     long_clip = encode_audio(synth_speechlike(60.0, seed=1), 16000, "flac")  # chunked path of the encoder
     for route in ("transcriptions", "embeddings"):
         client.post(f"{base}/v1/audio/{route}", files={"file": ("long.flac", long_clip)})
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         asr(d)
         embed(d)
     pids = replica_pids(base)
+    time.sleep(3.0)  # both readings are of idle replicas, a few seconds after their last request
     warm = {k: proc_memory(pids[k])[0] for k in DEPLOYMENTS}
     warm_s = time.perf_counter() - t0
     print(f"warm-up {warm_s:.0f} s; RSS after warm-up (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in warm.items()),
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         t.join(timeout=600)
     threads[0].join(timeout=5)
     wall = time.perf_counter() - start
+    time.sleep(3.0)
     end = {k: proc_memory(pids[k])[0] for k in DEPLOYMENTS}
     final_pids = replica_pids(base)
     serve.shutdown()
