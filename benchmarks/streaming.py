@@ -14,6 +14,12 @@
    streams each sustains is ``batched_vs_unbatched_streams`` (target >= 1.5).
 3. The same live run for one client with XLSR-large random weights (the Korean default's
    architecture: speed does not depend on weights), which is where a CPU runs out first.
+4. Forward scaling (in-process, the replica's thread count): transformer cost per window when B
+   windows of the default size run as one forward, B = 1..32, for the shipped model and
+   XLSR-large. Cross-stream batching can only sustain more streams where this cost falls with B:
+   on a GPU a forward of 32 windows costs about one; on a CPU the cost is compute, flat in B.
+
+``--device cuda`` runs the replica and section 4 on a GPU (``--threads`` sets the CPU threads).
 
 JSON ``ratios``: ``batched_vs_unbatched_streams``, ``streaming_vs_offline_cer``, plus
 ``p95_text_latency_s`` (at 8 streams, target <= chunk + lookahead + 0.3 s).
@@ -149,13 +155,43 @@ def live(base: str, audio: np.ndarray, clients: int, seconds: float) -> dict:
             "windows_per_forward": (after["windows"] - before["windows"]) / forwards if forwards else 0.0}
 
 
-def _deploy(model: str, batch_streams: bool, port: int) -> str:
+def forward_scaling(model: str, device: str, threads: int, batches: tuple[int, ...]) -> list[dict]:
+    """Transformer ms per window when ``B`` default-size windows run as one forward."""
+    import torch
+
+    from voxray.asr import ASRRunner
+    from voxray.asr.config import ASROptions
+    from voxray.asr.streaming import StreamingASR, Window
+
+    runner = ASRRunner(ASROptions(model=model, device=device, threads=threads))
+    engine = StreamingASR.from_runner(runner)
+    frames = engine.left_frames + engine.chunk_frames + engine.lookahead_frames
+    dim = runner.model.config.conv_dim[-1]
+    rng = np.random.default_rng(0)
+    keep = slice(engine.left_frames, engine.left_frames + engine.chunk_frames)
+    rows = []
+    for b in batches:
+        windows = [Window(rng.standard_normal((frames, dim), dtype=np.float32), keep, 0) for _ in range(b)]
+        engine.forward_windows(windows)  # warm-up (kernels, allocator)
+        reps = max(3, 48 // b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            engine.forward_windows(windows)  # returns numpy: the device work is done
+        per = (time.perf_counter() - t) / reps
+        rows.append({"batch": b, "forward_ms": per * 1000, "ms_per_window": per * 1000 / b})
+    return rows
+
+
+def _deploy(model: str, batch_streams: bool, port: int, device: str, threads: int) -> str:
     from ray import serve
 
     from voxray.deployments.realtime import build_realtime_app
 
-    serve.run(build_realtime_app({"asr": {"model": model},
-                                  "realtime_deployment": {"num_cpus": 0.5, "max_sessions": 128,
+    placement = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 0.5}
+    serve.run(build_realtime_app({"asr": {"model": model, "device": device, "threads": threads},
+                                  "realtime_deployment": {**placement, "max_sessions": 128,
                                                           "autoscaling": {"max_replicas": 1},
                                                           "batch_streams": batch_streams}}),
               name="voxray-realtime", route_prefix="/v1/realtime")
@@ -166,6 +202,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1/8/16/24/32 clients, 10 s each, XLSR-large 1 client")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the replica runs the model")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the replica (0.5 CPU: 1)")
+    ap.add_argument("--max-clients", type=int, default=None, help="extend the client scan up to this many")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import ray
@@ -187,16 +226,20 @@ def main() -> int:
     defaults = StreamingOptions()
     budget = defaults.chunk_s + defaults.lookahead_s + 0.3
     seconds = 10.0 if args.quick else 30.0
-    counts = (1, 8, 16, 24, 32) if args.quick else (1, 4, 8, 16, 24, 32, 48, 64)
+    counts = (1, 8, 12, 16, 24, 32) if args.quick else (1, 4, 8, 12, 16, 24, 32, 48, 64)
+    if args.max_clients:
+        counts = tuple(c for c in counts if c <= args.max_clients) + tuple(
+            c for c in (96, 128) if c <= args.max_clients)
     tmp = tempfile.mkdtemp(prefix="vxr-bench-")
     port = 18000 + os.getpid() % 1000
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    ray.init(num_cpus=max(2, os.cpu_count() or 2) if args.device == "cuda" else 2, include_dashboard=False,
+             _temp_dir=tmp, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     scans: dict[str, list[dict]] = {}
     try:
         for batched in (True, False):
             label = "batched" if batched else "unbatched"
-            base = _deploy(str(SHIPPED), batched, port)
+            base = _deploy(str(SHIPPED), batched, port, args.device, args.threads)
             scans[label] = []
             for n in counts:
                 r = live(base, loop_audio, n, seconds)
@@ -210,7 +253,7 @@ def main() -> int:
         big_dir = os.path.join(tmp, "xlsr-large")
         print("XLSR-large (random weights), 1 client...", flush=True)
         build_ctc_model(big_dir, "xlsr-large", seed=0)
-        base = _deploy(big_dir, True, port)
+        base = _deploy(big_dir, True, port, args.device, args.threads)
         big = live(base, loop_audio, 1, seconds)
         big["sustained"] = big["p95_text_latency_s"] <= budget
         print(f"xlsr-large 1 client: p95 {big['p95_text_latency_s']:.2f} s "
@@ -218,6 +261,15 @@ def main() -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+    print("forward scaling (in-process, ms of transformer per window at batch B)...", flush=True)
+    batches = (1, 2, 4, 8, 16, 32)
+    scaling = {"shipped": forward_scaling(str(SHIPPED), args.device, args.threads, batches),
+               "xlsr_large": forward_scaling(big_dir, args.device, args.threads, batches if args.device == "cuda"
+                                             else (1, 4, 8))}
+    print(f"{'model':>10} " + " ".join(f"{'B=' + str(r['batch']):>8}" for r in scaling["shipped"]))
+    for name, rows in scaling.items():
+        print(f"{name:>10} " + " ".join(f"{r['ms_per_window']:8.1f}" for r in rows))
 
     def most(label: str) -> int:
         return max([r["clients"] for r in scans[label] if r["sustained"]], default=0)
@@ -229,7 +281,8 @@ def main() -> int:
     }
     payload = {"ratios": ratios, "p95_text_latency_s": at8["p95_text_latency_s"], "latency_budget_s": budget,
                "streams_sustained": {k: most(k) for k in scans}, "scans": scans, "xlsr_large": big,
-               "accuracy": acc, "defaults": defaults.model_dump(), "quick": args.quick, "cpus": os.cpu_count()}
+               "forward_scaling_ms_per_window": scaling, "accuracy": acc, "defaults": defaults.model_dump(),
+               "quick": args.quick, "cpus": os.cpu_count(), "device": args.device, "threads": args.threads}
     finish(payload, args.json)
     return 0
 

@@ -195,6 +195,26 @@ def keep_torch_out() -> None:
         sys.modules["torch"] = None  # type: ignore[assignment]  # the import system's 'blocked' marker
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc mallopt parameters (malloc.h)
+
+
+def bound_allocator(mmap_threshold: int = 2 << 20, arenas: int = 2) -> bool:
+    """Keep a long-lived replica's heap from ratcheting: glibc raises its mmap threshold after each
+    large free (up to 32 MB), so later large buffers land in the heap and fragment it, and every
+    thread may get an arena of its own that keeps what it freed. A fixed threshold sends large
+    buffers (audio, onnxruntime's shrunk arena regions) back to the OS on free; two arenas bound
+    the per-thread copies. Returns False where the C library is not glibc (nothing is changed)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(M_ARENA_MAX, int(arenas)))
+
+
 ITEM_SECONDS_CAP = 30  # one long file counts as a full chunk, so it always fits a batch
 PROBE_AUDIO_S = 0.5
 
@@ -353,6 +373,7 @@ class TTSDeployment:
 
         self.options = TTSOptions(**options)
         self.deployment = DeploymentOptions(**deployment)
+        bound_allocator()
         backend = getattr(self.options, "backend", "onnx")
         if pipeline is None and (backend == "onnx" or (backend == "auto" and not self.deployment.num_gpus)):
             keep_torch_out()  # the onnxruntime backend: torch would only be dead weight
