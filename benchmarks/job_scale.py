@@ -44,12 +44,12 @@ spec = json.loads(sys.argv[1])
 peak_file = spec.pop("peak_file")
 first = {}
 
+from voxray.procmem import memory_mb
+
 def sample():
     while True:
-        with open("/proc/self/status") as fh:
-            hwm = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
         with open(peak_file, "w") as out:
-            json.dump({"vmhwm_mb": hwm / 1024, "first_result_s": first.get("s")}, out)
+            json.dump({"vmhwm_mb": memory_mb()[1], "first_result_s": first.get("s")}, out)
         time.sleep(0.5)
 
 threading.Thread(target=sample, daemon=True).start()

@@ -29,6 +29,8 @@ import httpx
 import yaml
 from _bench import finish
 
+from voxray.procmem import memory_mb
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOYMENTS = {"asr": "ASR", "embed": "Embed", "tts": "TTS"}
 SENTENCES = [
@@ -41,21 +43,6 @@ SENTENCES = [
 ]
 VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "jf_alpha(2)+jm_kumo(1)"]
 FORMATS = ["pcm", "pcm", "mp3", "wav", "flac", "opus"]
-
-
-def proc_memory(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in MB; zeros once it is gone."""
-    rss = hwm = 0.0
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss, hwm
 
 
 def replica_pids(base: str) -> dict[str, int]:
@@ -145,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         embed(d)
     pids = replica_pids(base)
     time.sleep(3.0)  # both readings are of idle replicas, a few seconds after their last request
-    warm = {k: proc_memory(pids[k])[0] for k in DEPLOYMENTS}
+    warm = {k: memory_mb(pids[k])[0] for k in DEPLOYMENTS}
     warm_s = time.perf_counter() - t0
     print(f"warm-up {warm_s:.0f} s; RSS after warm-up (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in warm.items()),
           flush=True)
@@ -163,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.is_set():
             row: dict[str, Any] = {"t": round(time.perf_counter() - start, 1), "tts_requests": counts["tts"]}
             for k, pid in pids.items():
-                rss, hwm = proc_memory(pid)
+                rss, hwm = memory_mb(pid)
                 row[k] = round(rss, 1)
                 peak[k] = max(peak[k], hwm)
             samples.append(row)
@@ -196,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         if int(time.perf_counter() - start) % 30 == 0:
             print(f"  {time.perf_counter() - start:.0f} s: {counts}; RSS " +
-                  ", ".join(f"{k} {proc_memory(p)[0]:.0f}" for k, p in pids.items()), flush=True)
+                  ", ".join(f"{k} {memory_mb(p)[0]:.0f}" for k, p in pids.items()), flush=True)
     stop.set()
     for t in threads[1:]:
         t.join(timeout=600)
     threads[0].join(timeout=5)
     wall = time.perf_counter() - start
     time.sleep(3.0)
-    end = {k: proc_memory(pids[k])[0] for k in DEPLOYMENTS}
+    end = {k: memory_mb(pids[k])[0] for k in DEPLOYMENTS}
     final_pids = replica_pids(base)
     serve.shutdown()
     ray.shutdown()

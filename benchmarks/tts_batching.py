@@ -98,7 +98,7 @@ def _worker(system: str, batch: int, model: str | None, data_path: str, device: 
     t0 = time.perf_counter()
     audio_s = run()
     wall = time.perf_counter() - t0
-    from voxray.jobs.audiobook import peak_rss_mb  # VmHWM: ru_maxrss would carry the exporting parent's peak
+    from voxray.procmem import peak_rss_mb  # VmHWM: ru_maxrss would carry the exporting parent's peak
 
     peak_mb = peak_rss_mb()
     del np

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from voxray import procmem
 from voxray.asr.config import ASROptions
 from voxray.audio import SAMPLE_RATE
 from voxray.deployments.config import DeploymentOptions
@@ -91,16 +92,8 @@ def check_language(language: str | None, languages: list[str]) -> str | None:
 
 def memory_mb() -> dict[str, float]:
     """This process's resident memory now and at its peak (Linux /proc; zeros elsewhere)."""
-    out = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key = "rss_mb" if line.startswith("VmRSS") else "peak_rss_mb"
-                    out[key] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return out
+    rss, peak = procmem.memory_mb()
+    return {"rss_mb": rss, "peak_rss_mb": peak}
 
 
 class BatchCounters:

@@ -31,6 +31,7 @@ from voxray.jobs.audio_stages import concat_columns
 from voxray.jobs.faults import guarded
 from voxray.jobs.runtime import check_runner_device
 from voxray.jobs.tts_stages import TTSActor, report_forwards, tts_stage
+from voxray.procmem import peak_rss_mb
 from voxray.results import RunReport, now_iso, write_report
 from voxray.storage import ensure_dir, join
 from voxray.tts.config import SAMPLE_RATE, TTSOptions
@@ -271,26 +272,6 @@ def run_audiobook(job: AudiobookJob, actor_cls: type[AudiobookActor] | None = No
     report.totals = {"chunks": len(chunks), "failed": extra["chunks_failed_total"], "pending": len(missing)}
     write_report(out, report)
     return report.to_dict()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (the driver's: Ray workers are other processes).
-
-    Linux: ``VmHWM`` of this address space. ``ru_maxrss`` would be wrong for a driver started by a
-    big parent: Linux carries the parent's resident size over fork+exec into ``ru_maxrss``.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _run_pipeline(
