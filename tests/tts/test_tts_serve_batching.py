@@ -1,7 +1,7 @@
 """The Serve TTS replica on torch batches the chunks of concurrent requests into shared forwards
-(``@serve.batch``), and each request still gets the audio it would get alone.
+(its dynamic batcher), and each request still gets the audio it would get alone.
 
-The replica class runs in-process here (its ``@serve.batch`` queue is Serve's own); the HTTP path in
+The replica runs in a real Serve application here, called through its handle; the HTTP path in
 front of it is the same one ``tests/test_serve.py`` drives for the ONNX replica.
 """
 

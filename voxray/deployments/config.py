@@ -99,11 +99,13 @@ class DeploymentOptions(ReplicaOptions):
     max_queued_requests: int = Field(
         128, ge=-1, description="requests waiting per caller before 503 + Retry-After (-1 = unbounded)"
     )
-    max_batch_size: int = Field(16, ge=1, description="requests per @serve.batch call (count cap)")
+    max_batch_size: int = Field(16, ge=1, description="requests per model forward (count cap)")
     max_batch_seconds: float = Field(
-        120.0, ge=30, description="audio seconds per @serve.batch call (ASR, embeddings; a file counts <= 30)"
+        120.0, ge=30, description="audio seconds per model forward (ASR, embeddings; a file counts <= 30)"
     )
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="wait this long for a batch to fill")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0, description="an idle replica waits this long after a request for others to join its forward"
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="seconds between Serve's health checks")
     health_check_timeout_s: float = Field(30.0, gt=0, description="a health check slower than this fails")
     probe_interval_s: float = Field(

@@ -1,4 +1,4 @@
-"""Model deployments: the batch jobs' runners behind ``@serve.batch``.
+"""Model deployments: the batch jobs' runners behind dynamic batching (:mod:`.batching`).
 
 Each class holds one runner (built from options, or injected) and keeps per-replica counters
 (requests, batches, largest batch, memory, health probes, cancelled streams) that the ingress
@@ -25,6 +25,7 @@ from ray import serve
 from voxray import procmem
 from voxray.asr.config import ASROptions
 from voxray.audio import SAMPLE_RATE
+from voxray.deployments.batching import DynamicBatcher
 from voxray.deployments.config import DeploymentOptions
 from voxray.errors import UnknownLanguageError
 
@@ -212,11 +213,19 @@ ITEM_SECONDS_CAP = 30  # one long file counts as a full chunk, so it always fits
 PROBE_AUDIO_S = 0.5
 
 
-def _audio_seconds(items: list[Any]) -> int:
-    """``batch_size_fn`` for audio: whole seconds per item (capped), so batches fill by audio."""
-    return sum(
-        min(ITEM_SECONDS_CAP, max(1, math.ceil(len(a[0] if isinstance(a, tuple) else a) / SAMPLE_RATE)))
-        for a in items
+def _item_seconds(item: Any) -> float:
+    """Batch units of one ASR/embedding item: whole seconds of audio (capped), so forwards fill by
+    audio, not by count alone."""
+    audio = item[0] if isinstance(item, tuple) else item
+    return min(ITEM_SECONDS_CAP, max(1, math.ceil(len(audio) / SAMPLE_RATE)))
+
+
+def audio_batcher(forward: Callable[[list[Any]], Any], deployment: DeploymentOptions) -> DynamicBatcher[Any, Any]:
+    """ASR/embedding forwards: at most ``max_batch_size`` requests and ``max_batch_seconds`` of audio."""
+    batched = deployment.max_batch_size > 1
+    return DynamicBatcher(
+        forward, max_items=deployment.max_batch_size, max_units=deployment.max_batch_seconds,
+        wait_s=deployment.batch_wait_timeout_s if batched else 0.0, units=_item_seconds,
     )
 
 
@@ -237,10 +246,7 @@ class ASRDeployment:
         self.runner = runner or ASRRunner(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("asr")
-        self.batched = self.deployment.max_batch_size > 1
-        self.transcribe_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
-        self.transcribe_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
-        self.max_items = self.deployment.max_batch_size
+        self.batcher = audio_batcher(self._forward, self.deployment)
         tokenizer = getattr(self.runner.processor, "tokenizer", self.runner.processor)
         self.languages = self.deployment.languages or vocab_languages(list(tokenizer.get_vocab()))
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
@@ -265,24 +271,17 @@ class ASRDeployment:
                 results[i] = r
         return [{"text": r.text, "duration_s": r.duration_s, "chunks": r.chunks, "error": r.error} for r in results]
 
-    @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
-    async def transcribe_batch(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        # the count cap: more requests than max_batch_size run as consecutive model calls
-        for k in range(0, len(items), self.max_items):
-            out += await self.model_thread.run(self._run, items[k : k + self.max_items])
-        return out
+    async def _forward(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+        return await self.model_thread.run(self._run, items)
 
     async def transcribe(
         self, audio: np.ndarray, timestamps: str = "none", language: str | None = None
     ) -> dict[str, Any]:
-        """One request; joins a dynamic batch unless batching is configured off. ``language`` is
-        checked against what the model writes (a CTC model transcribes its own language only)."""
+        """One request; joins the replica's next forward (alone when ``max_batch_size`` is 1).
+        ``language`` is checked against what the model writes (a CTC model transcribes its own
+        language only)."""
         code = check_language(language, self.languages)
-        if self.batched:
-            result = await self.transcribe_batch((audio, timestamps))
-        else:
-            result = (await self.model_thread.run(self._run, [(audio, timestamps)]))[0]
+        result = await self.batcher.submit((audio, timestamps))
         lang = code or (self.languages[0] if self.languages else None)
         return {**result, "language": LANGUAGE_NAMES.get(lang, lang) if lang else None}
 
@@ -309,8 +308,7 @@ class EmbedDeployment:
         self.embedder = embedder or Embedder(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("embed")
-        self.embed_batch.set_max_batch_size(int(self.deployment.max_batch_seconds))
-        self.embed_batch.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
+        self.batcher = audio_batcher(self._forward, self.deployment)
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
 
     def _probe(self) -> None:
@@ -332,15 +330,11 @@ class EmbedDeployment:
             for r in results
         ]
 
-    @serve.batch(max_batch_size=120, batch_wait_timeout_s=0.02, batch_size_fn=_audio_seconds)
-    async def embed_batch(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for k in range(0, len(audios), self.deployment.max_batch_size):
-            out += await self.model_thread.run(self._run, list(audios[k : k + self.deployment.max_batch_size]))
-        return out
+    async def _forward(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
+        return await self.model_thread.run(self._run, audios)
 
     async def embed(self, audio: np.ndarray) -> dict[str, Any]:
-        return await self.embed_batch(audio)
+        return await self.batcher.submit(audio)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -354,7 +348,7 @@ class TTSDeployment:
     """Kokoro, streamed chunk by chunk so the first audio leaves before the whole text is synthesised.
 
     With a runner that batches (the torch backend, or a ``voxray export tts`` graph) and
-    ``max_batch_size`` > 1, the chunks of all concurrent requests meet in ``@serve.batch`` and run
+    ``max_batch_size`` > 1, the chunks of all concurrent requests meet in the replica's batcher and run
     as one padded forward (the pipeline cuts it by ``max_batch_tokens``); each request's first
     sentence is its own chunk so its audio still leaves early. The int8 graph (batch 1) runs one
     utterance at a time. A client that goes away stops its synthesis: unbatched, a flag the pipeline
@@ -381,8 +375,10 @@ class TTSDeployment:
             logger.warning("tts_deployment.max_batch_size=%d ignored: this Kokoro graph takes one utterance "
                            "(use backend: torch or a `voxray export tts` graph to batch)",
                            self.deployment.max_batch_size)
-        self.synthesize_chunk.set_max_batch_size(self.deployment.max_batch_size)
-        self.synthesize_chunk.set_batch_wait_timeout_s(self.deployment.batch_wait_timeout_s)
+        self.batcher = DynamicBatcher(
+            self._forward_chunks, max_items=self.deployment.max_batch_size,
+            wait_s=self.deployment.batch_wait_timeout_s,
+        )
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
         self._probe()  # warm-up: loads the default language's G2P before the first request
 
@@ -411,8 +407,7 @@ class TTSDeployment:
         self.counters.chunks += len(jobs)
         return results
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def synthesize_chunk(self, jobs: list[Any]) -> list[Any]:
+    async def _forward_chunks(self, jobs: list[Any]) -> list[Any]:
         """Chunks of any concurrent requests -> one batched forward (results or errors, in order)."""
         return await self.model_thread.run(self._run_chunks, jobs)
 
@@ -465,7 +460,7 @@ class TTSDeployment:
         from voxray.errors import VoxrayError
 
         jobs = await self.model_thread.run(self.pipeline.prepare, text, voice, lang, speed)
-        pending = [asyncio.ensure_future(self.synthesize_chunk(job)) for job in jobs]
+        pending = [asyncio.ensure_future(self.batcher.submit(job)) for job in jobs]
         try:
             for fut in pending:
                 result = await fut
