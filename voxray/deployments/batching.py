@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-
-logger = logging.getLogger("voxray.deployments")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,10 +60,6 @@ class DynamicBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         self._filled = asyncio.Event()
         self.dropped = 0  # items whose callers left before a forward took them
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     async def submit(self, item: T) -> R:
         """This item's result, once a forward has run it (raises what that forward raised)."""

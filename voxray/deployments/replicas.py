@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -221,11 +222,11 @@ def _item_seconds(item: Any) -> float:
 
 
 def audio_batcher(forward: Callable[[list[Any]], Any], deployment: DeploymentOptions) -> DynamicBatcher[Any, Any]:
-    """ASR/embedding forwards: at most ``max_batch_size`` requests and ``max_batch_seconds`` of audio."""
-    batched = deployment.max_batch_size > 1
+    """ASR/embedding forwards: at most ``max_batch_size`` requests and ``max_batch_seconds`` of audio
+    (with ``max_batch_size`` 1 nothing waits: a lone request already fills its forward)."""
     return DynamicBatcher(
         forward, max_items=deployment.max_batch_size, max_units=deployment.max_batch_seconds,
-        wait_s=deployment.batch_wait_timeout_s if batched else 0.0, units=_item_seconds,
+        wait_s=deployment.batch_wait_timeout_s, units=_item_seconds,
     )
 
 
@@ -246,7 +247,7 @@ class ASRDeployment:
         self.runner = runner or ASRRunner(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("asr")
-        self.batcher = audio_batcher(self._forward, self.deployment)
+        self.batcher = audio_batcher(partial(self.model_thread.run, self._run), self.deployment)
         tokenizer = getattr(self.runner.processor, "tokenizer", self.runner.processor)
         self.languages = self.deployment.languages or vocab_languages(list(tokenizer.get_vocab()))
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
@@ -270,9 +271,6 @@ class ASRDeployment:
             for i, r in zip(idx, self.runner.transcribe([items[i][0] for i in idx], ts), strict=True):
                 results[i] = r
         return [{"text": r.text, "duration_s": r.duration_s, "chunks": r.chunks, "error": r.error} for r in results]
-
-    async def _forward(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
-        return await self.model_thread.run(self._run, items)
 
     async def transcribe(
         self, audio: np.ndarray, timestamps: str = "none", language: str | None = None
@@ -308,7 +306,7 @@ class EmbedDeployment:
         self.embedder = embedder or Embedder(self.options)
         self.counters = BatchCounters()
         self.model_thread = ModelThread("embed")
-        self.batcher = audio_batcher(self._forward, self.deployment)
+        self.batcher = audio_batcher(partial(self.model_thread.run, self._run), self.deployment)
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
 
     def _probe(self) -> None:
@@ -329,9 +327,6 @@ class EmbedDeployment:
             }
             for r in results
         ]
-
-    async def _forward(self, audios: list[np.ndarray]) -> list[dict[str, Any]]:
-        return await self.model_thread.run(self._run, audios)
 
     async def embed(self, audio: np.ndarray) -> dict[str, Any]:
         return await self.batcher.submit(audio)
@@ -376,7 +371,7 @@ class TTSDeployment:
                            "(use backend: torch or a `voxray export tts` graph to batch)",
                            self.deployment.max_batch_size)
         self.batcher = DynamicBatcher(
-            self._forward_chunks, max_items=self.deployment.max_batch_size,
+            partial(self.model_thread.run, self._run_chunks), max_items=self.deployment.max_batch_size,
             wait_s=self.deployment.batch_wait_timeout_s,
         )
         self.health = HealthProbe(self.model_thread, self._probe, self.deployment, self.counters)
@@ -402,14 +397,11 @@ class TTSDeployment:
         return result
 
     def _run_chunks(self, jobs: list[Any]) -> list[Any]:
+        """Chunks of any concurrent requests -> one batched forward (results or errors, in order)."""
         results = self.pipeline.synthesize_chunks(jobs, return_errors=True)
         self.counters.record(len(jobs), sum(len(r.audio) for r in results if hasattr(r, "audio")) / 24000)
         self.counters.chunks += len(jobs)
         return results
-
-    async def _forward_chunks(self, jobs: list[Any]) -> list[Any]:
-        """Chunks of any concurrent requests -> one batched forward (results or errors, in order)."""
-        return await self.model_thread.run(self._run_chunks, jobs)
 
     @staticmethod
     def _piece(result: Any) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
